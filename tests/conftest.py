@@ -1,0 +1,26 @@
+"""Shared test fixtures: where the real captures live, and how to skip without them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("TELEMATICS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ../shared/data (real device captures), or skip with the reason.
+
+    The captures are never copied into this repository.  On a user's machine
+    they are absent and these tests skip; .ci/run sets TELEMATICS_REQUIRE_SHARED=1
+    so that their absence fails CI instead.
+    """
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("TELEMATICS_REQUIRE_SHARED") == "1":
+            pytest.fail(f"real captures required but {SHARED_DATA} is missing")
+        pytest.skip(f"real captures not found at {SHARED_DATA} (set TELEMATICS_SHARED_DATA)")
+    return SHARED_DATA
