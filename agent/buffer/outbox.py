@@ -1,0 +1,211 @@
+"""The SQLite outbox: the device's system of record for everything it sends.
+
+paho keeps its MQTT session only in memory, so after a crash, kill -9 or
+power cut only this file knows what still has to go.  The rules:
+
+* a record gets its sequence number when it is added, and is written to
+  SQLite (WAL, ``synchronous=FULL``: a commit survives power loss) before the
+  uplink can see it; the uplink only ever reads committed rows;
+* a row is deleted only after the broker's PUBACK for the publish that
+  carried it;
+* records are committed in groups every ``commit_interval_s`` (urgent ones at
+  once), which bounds what a kill -9 or power cut can lose to the records of
+  the last, uncommitted window; those were never published, and their
+  sequence numbers are handed out again after restart, so the numbers the
+  bridge sees stay gap-free.
+
+One database is one *epoch* (a random id made when the file is created).
+Sequence numbers never go backwards within it, across restarts, because
+AUTOINCREMENT's high-water mark outlives deleted rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.messages import STREAMS, Stream
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_stream_seq ON outbox (stream, seq);
+"""
+
+#: Records held in memory while the disk refuses writes, before the oldest go.
+MAX_PENDING = 20_000
+
+
+class OutboxError(Exception):
+    """The outbox cannot be used as configured (wrong device, unreadable file)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    seq: int
+    stream: Stream
+    body: str
+
+
+class Outbox:
+    """Durable FIFO of record bodies per stream, keyed by sequence number."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        device: str,
+        *,
+        commit_interval_s: float = 1.0,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.commit_interval_s = commit_interval_s
+        self._mono = mono
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            self.epoch = self._epoch_for(device)
+            self.last_seq = self._high_water()
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"outbox {self.path}: {exc}") from exc
+        self._pending: list[_Pending] = []
+        self._pending_since: float | None = None
+        self._acked: list[int] = []
+        self.dropped = 0  # records lost because the disk refused them for too long
+        self.last_error: str | None = None
+
+    def _epoch_for(self, device: str) -> str:
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not rows:
+            epoch = uuid.uuid4().hex
+            with self._tx():
+                self._db.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [("device", device), ("epoch", epoch), ("created", str(time.time()))],
+                )
+            return epoch
+        if rows.get("device") != device:
+            raise OutboxError(
+                f"outbox {self.path} belongs to device {rows.get('device')!r}, not {device!r}; "
+                "move it away or point buffer.path elsewhere"
+            )
+        return str(rows["epoch"])
+
+    def _high_water(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _tx(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # -- producing ---------------------------------------------------------
+
+    def add(self, stream: Stream, body: str) -> int:
+        """Queue a record body for the next commit; return its sequence number."""
+        self.last_seq += 1
+        if not self._pending:
+            self._pending_since = self._mono()
+        self._pending.append(_Pending(self.last_seq, stream, body))
+        if len(self._pending) > MAX_PENDING:
+            self._pending.pop(0)
+            self.dropped += 1
+        return self.last_seq
+
+    def commit_due(self) -> bool:
+        """True when the oldest pending record has waited a full commit window."""
+        if self._pending_since is None:
+            return bool(self._acked)
+        return self._mono() - self._pending_since >= self.commit_interval_s
+
+    def commit(self) -> int:
+        """Write pending records and delete acknowledged rows in one transaction.
+
+        Returns how many records became visible to the uplink.  A full or
+        failing disk keeps them pending (reported in ``last_error``) rather
+        than crashing the agent.
+        """
+        if not self._pending and not self._acked:
+            return 0
+        pending, acked = self._pending, self._acked
+        try:
+            with self._tx():
+                self._db.executemany(
+                    "INSERT INTO outbox (seq, stream, body) VALUES (?, ?, ?)",
+                    [(p.seq, p.stream, p.body) for p in pending],
+                )
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
+        except sqlite3.OperationalError as exc:
+            if self.last_error is None:
+                log.error(
+                    "outbox commit failed, keeping %d records in memory: %s", len(pending), exc
+                )
+            self.last_error = str(exc)
+            return 0
+        self.last_error = None
+        self._pending, self._pending_since, self._acked = [], None, []
+        return len(pending)
+
+    # -- consuming ---------------------------------------------------------
+
+    def next_batch(
+        self, stream: Stream, after_seq: int, limit: int, max_bytes: int
+    ) -> list[tuple[int, str]]:
+        """Committed rows of one stream after ``after_seq``, oldest first, size-bounded."""
+        rows = self._db.execute(
+            "SELECT seq, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (stream, after_seq, limit),
+        ).fetchall()
+        out: list[tuple[int, str]] = []
+        size = 0
+        for seq, body in rows:
+            size += len(body) + 16
+            if out and size > max_bytes:
+                break
+            out.append((int(seq), str(body)))
+        return out
+
+    def ack(self, seqs: list[int]) -> None:
+        """The broker has these: delete them at the next commit."""
+        self._acked.extend(seqs)
+
+    def depth(self) -> dict[str, int]:
+        """Committed rows waiting per stream, plus records not yet committed."""
+        counts: dict[str, int] = dict.fromkeys(STREAMS, 0)
+        counts.update(
+            self._db.execute("SELECT stream, COUNT(*) FROM outbox GROUP BY stream").fetchall()
+        )
+        counts["uncommitted"] = len(self._pending)
+        return counts
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,234 @@
+"""Agent configuration: one TOML file, environment overrides, strict validation.
+
+An installer gets one line back for a mistake: the key, the value given and
+what is allowed (``ConfigError``), and the CLI exits with status 2.  Unknown
+keys are errors, because a misspelt key silently ignored is a van that
+reports to the wrong broker.
+
+Environment overrides: ``TELEMATICS_<SECTION>__<KEY>=value`` (double
+underscore between levels, case-insensitive), e.g. ``TELEMATICS_MQTT__HOST``.
+They are applied over the file before validation, so they are checked the
+same way.  docs/CONFIG.md documents every key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from agent.messages import DeviceId
+
+ENV_PREFIX = "TELEMATICS_"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceConfig(_Section):
+    id: DeviceId = Field(description="unique device id; also the MQTT topic segment")
+
+
+class GpsConfig(_Section):
+    source: Literal["serial", "tcp", "file", "gpsd"] = "serial"
+    device: str = Field("/dev/ttyACM0", description="serial device path (source = serial)")
+    baud: Literal[4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800] = 9600
+    host: str = Field("127.0.0.1", description="host for source = tcp or gpsd")
+    port: Port = Field(2947, description="TCP port for source = tcp or gpsd")
+    path: Path | None = Field(None, description="NMEA file for source = file")
+    rollover_floor: date = Field(
+        date(2024, 1, 1),
+        description="receiver dates before this are GPS week-rollover errors (+1024 weeks)",
+    )
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> GpsConfig:
+        if self.source == "file" and self.path is None:
+            raise ValueError("gps.path is required when gps.source = 'file'")
+        return self
+
+
+class SamplerConfig(_Section):
+    period_s: PositiveFloat = Field(1.0, description="position period while moving")
+    heading_change_deg: Annotated[float, Field(gt=0, le=180)] = 15.0
+    distance_m: PositiveFloat = 100.0
+    heartbeat_s: PositiveFloat = Field(300.0, description="position period while stopped")
+    moving_speed_kmh: Annotated[float, Field(ge=0)] = 5.0
+
+
+class BufferConfig(_Section):
+    path: Path = Path("/var/lib/telematics/outbox.sqlite")
+    commit_interval_s: Annotated[float, Field(ge=0, le=10)] = Field(
+        1.0, description="group-commit window: the most data a kill -9 or power cut can lose"
+    )
+
+
+class TlsConfig(_Section):
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = Field(False, description="skip hostname check (test benches only)")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("mqtt.tls.cert and mqtt.tls.key go together")
+        return self
+
+
+class MqttConfig(_Section):
+    host: str = "localhost"
+    port: Port = 1883
+    protocol: Literal["5", "3.1.1"] = "5"
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "fleet"
+    client_id: str | None = Field(None, description="defaults to the device id")
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    inflight: Annotated[int, Field(ge=1, le=1000)] = Field(
+        10, description="publishes awaiting PUBACK at once"
+    )
+    batch_max: Annotated[int, Field(ge=1, le=500)] = 50
+    backoff_min_s: PositiveFloat = 1.0
+    backoff_max_s: PositiveFloat = 60.0
+
+
+class ClockConfig(_Section):
+    source: Literal["auto", "system", "gnss"] = Field(
+        "auto",
+        description="auto: system clock when the kernel says it is synchronised, else GNSS",
+    )
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class AgentConfig(_Section):
+    device: DeviceConfig
+    gps: GpsConfig = GpsConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    buffer: BufferConfig = BufferConfig()
+    mqtt: MqttConfig = MqttConfig()
+    clock: ClockConfig = ClockConfig()
+    log: LogConfig = LogConfig()
+
+    def digest(self) -> str:
+        """Short hash of the effective config (secrets excluded) for the status topic."""
+        data = self.model_dump(mode="json", exclude={"mqtt": {"password"}})
+        raw = json.dumps(data, sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:12]
+
+
+class ConfigError(Exception):
+    """A configuration mistake, phrased as the one line an installer reads."""
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Read, overlay environment, validate; raise ConfigError naming the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} unreadable: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_config(raw, os.environ if environ is None else environ, origin=str(path))
+
+
+def parse_config(
+    raw: dict[str, Any], environ: Mapping[str, str] | None = None, origin: str = "config"
+) -> AgentConfig:
+    data, from_env = _overlay_env(raw, environ or {})
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data, origin, from_env)) from None
+
+
+def _overlay_env(
+    raw: dict[str, Any], environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Apply TELEMATICS_A__B=value over the file's dict (values stay strings).
+
+    Pydantic then converts and checks them exactly like file values, so
+    ``TELEMATICS_MQTT__PORT=abc`` fails with the key named.
+    """
+    data: dict[str, Any] = json.loads(json.dumps(raw, default=str))
+    from_env: dict[tuple[str, ...], str] = {}
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment {name}: {part} is not a section")
+            node = child
+        node[parts[-1]] = environ[name]
+        from_env[tuple(parts)] = name
+    return data, from_env
+
+
+def _describe(
+    exc: ValidationError, data: dict[str, Any], origin: str, from_env: dict[tuple[str, ...], str]
+) -> str:
+    """First error as 'key = value: what is allowed' (more errors are counted)."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+    if tuple(loc) in from_env:
+        origin = f"environment {from_env[tuple(loc)]}"
+    key = ".".join(loc) or "(top level)"
+    given = _lookup(data, err["loc"])
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        what = f"unknown key; allowed here: {', '.join(allowed)}"
+    elif err["type"] == "missing":
+        what = "required key is missing"
+    else:
+        what = err["msg"].removeprefix("Value error, ")
+    value = "" if given is _MISSING else f" = {given!r}"
+    more = len(exc.errors()) - 1
+    tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"{origin}: {key}{value}: {what}{tail}"
+
+
+_MISSING = object()
+
+
+def _lookup(data: Any, loc: tuple[int | str, ...]) -> Any:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            return _MISSING
+    return data
+
+
+def _allowed_keys(section: list[str]) -> list[str]:
+    model: type[BaseModel] = AgentConfig
+    for part in section:
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)

@@ -1,0 +1,125 @@
+"""Turn a stream of fixes into the position records worth sending.
+
+A 10 Hz receiver gives 36,000 fixes an hour; a fleet map needs a point a
+second while moving, a point where the road turns, and a slow heartbeat while
+parked.  Pure and deterministic: intervals are measured on the fixes' own
+receiver time, so a replayed drive samples exactly as the live one did,
+whatever the replay speed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.gps.fix import Fix
+from agent.messages import PositionData
+
+KMH = 1 / 3.6
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def heading_delta(a: float, b: float) -> float:
+    """Smallest absolute difference between two courses, degrees (0..180)."""
+    d = abs(a - b) % 360.0
+    return 360.0 - d if d > 180.0 else d
+
+
+def position_from_fix(fix: Fix, reason: str) -> PositionData:
+    """The record for one fix (caller ensures it has a time and a position)."""
+    assert fix.time is not None and fix.lat is not None and fix.lon is not None
+    course = None if fix.course is None else round(fix.course % 360.0, 1) % 360.0
+    return PositionData.model_validate(
+        {
+            "ts": fix.time,
+            "lat": round(fix.lat, 7),
+            "lon": round(fix.lon, 7),
+            "alt": None if fix.alt_msl is None else round(fix.alt_msl, 1),
+            "speed": None if fix.speed is None else round(max(fix.speed, 0.0), 2),
+            "course": course,
+            "mode": 3 if fix.mode >= 3 else 2,
+            "sats": fix.sats_used,
+            "hdop": None if fix.hdop is None else round(fix.hdop, 2),
+            "reason": reason,
+        }
+    )
+
+
+@dataclass(slots=True)
+class _Last:
+    time: datetime
+    lat: float
+    lon: float
+    course: float | None
+    moving: bool
+
+
+class PositionSampler:
+    """``feed(fix) -> [PositionData]``: periodic while moving, extra on turns and
+    distance, heartbeat while stopped; ``every_fix`` passes every fix through.
+    """
+
+    def __init__(
+        self,
+        *,
+        period_s: float = 1.0,
+        heading_change_deg: float = 15.0,
+        distance_m: float = 100.0,
+        heartbeat_s: float = 300.0,
+        moving_speed_kmh: float = 5.0,
+        every_fix: bool = False,
+    ) -> None:
+        self.period_s = period_s
+        self.heading_change_deg = heading_change_deg
+        self.distance_m = distance_m
+        self.heartbeat_s = heartbeat_s
+        self.moving_speed = moving_speed_kmh * KMH
+        self.every_fix = every_fix
+        self._last: _Last | None = None
+
+    def feed(self, fix: Fix) -> list[PositionData]:
+        if fix.time is None or not fix.has_position:
+            return []
+        assert fix.lat is not None and fix.lon is not None
+        moving = fix.speed is not None and fix.speed >= self.moving_speed
+        reason = self._reason(fix, moving)
+        if reason is None:
+            return []
+        self._last = _Last(fix.time, fix.lat, fix.lon, fix.course, moving)
+        return [position_from_fix(fix, reason)]
+
+    def _reason(self, fix: Fix, moving: bool) -> str | None:
+        assert fix.time is not None and fix.lat is not None and fix.lon is not None
+        last = self._last
+        if self.every_fix:
+            return "fix"
+        if last is None:
+            return "first"
+        elapsed = (fix.time - last.time).total_seconds()
+        if elapsed < 0:
+            # Receiver time stepped back (rollover fix-up, restart): start afresh.
+            return "first"
+        if moving != last.moving:
+            return "periodic"  # the point where the vehicle starts or stops
+        if not moving:
+            return "heartbeat" if elapsed >= self.heartbeat_s else None
+        if elapsed >= self.period_s:
+            return "periodic"
+        if (
+            fix.course is not None
+            and last.course is not None
+            and heading_delta(fix.course, last.course) >= self.heading_change_deg
+        ):
+            return "heading"
+        if haversine_m(last.lat, last.lon, fix.lat, fix.lon) >= self.distance_m:
+            return "distance"
+        return None

@@ -1,0 +1,85 @@
+"""The pure middle of the agent: samples in, records out.
+
+The live runtime and ``telematics-agent replay`` both push samples through
+this one object, so a recorded drive replayed yields exactly the records the
+live run produced.  No I/O, no wall clock: every timestamp comes from the
+samples themselves.  Later detectors (harsh driving, idle, trips,
+geofences) plug in here beside the sampler.
+"""
+
+from __future__ import annotations
+
+from agent.config import SamplerConfig
+from agent.gps.fix import Fix
+from agent.gps.sampler import PositionSampler
+from agent.messages import EventData, PositionData, Stream
+
+Output = tuple[Stream, PositionData | EventData]
+
+
+class FixStateDetector:
+    """``gps_fix_lost`` / ``gps_fix_acquired`` events, debounced.
+
+    A receiver in an urban canyon drops to no-fix for a second now and then;
+    a fleet manager cares about outages that last (``hold_s`` of receiver
+    time).  The lost event is stamped when the fix was last good.
+    """
+
+    def __init__(self, hold_s: float = 5.0) -> None:
+        self.hold_s = hold_s
+        self._last_good: Fix | None = None
+        self._lost = False
+
+    def feed(self, fix: Fix) -> list[EventData]:
+        if fix.has_position and fix.time is not None:
+            events: list[EventData] = []
+            if self._lost and self._last_good is not None:
+                assert fix.time is not None and self._last_good.time is not None
+                outage = (fix.time - self._last_good.time).total_seconds()
+                events.append(
+                    EventData(
+                        ts=fix.time,
+                        type="gps_fix_acquired",
+                        lat=fix.lat,
+                        lon=fix.lon,
+                        data={"outage_s": round(outage, 1)},
+                    )
+                )
+            self._last_good, self._lost = fix, False
+            return events
+        last = self._last_good
+        if self._lost or last is None or last.time is None:
+            return []
+        if fix.mono - last.mono < self.hold_s:
+            return []
+        self._lost = True
+        return [
+            EventData(
+                ts=last.time,
+                type="gps_fix_lost",
+                lat=last.lat,
+                lon=last.lon,
+                data={"mode": int(fix.mode)},
+            )
+        ]
+
+
+class Pipeline:
+    def __init__(self, sampler: SamplerConfig | None = None, *, every_fix: bool = False) -> None:
+        cfg = sampler or SamplerConfig()
+        self.sampler = PositionSampler(
+            period_s=cfg.period_s,
+            heading_change_deg=cfg.heading_change_deg,
+            distance_m=cfg.distance_m,
+            heartbeat_s=cfg.heartbeat_s,
+            moving_speed_kmh=cfg.moving_speed_kmh,
+            every_fix=every_fix,
+        )
+        self.fix_state = FixStateDetector()
+        self.fixes = 0
+
+    def feed_fix(self, fix: Fix) -> list[Output]:
+        self.fixes += 1
+        out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
+        out.extend(("telemetry", p) for p in self.sampler.feed(fix))
+        return out

@@ -1,0 +1,172 @@
+"""Wires sources, pipeline, outbox and uplink together under one asyncio loop.
+
+I/O lives here and in the sources; the decisions live in agent.pipeline.
+The runtime's own jobs: keep time honest (records whose UTC is not known yet
+wait for the clock), commit the outbox on its group-commit window (urgent
+events at once), keep each source supervised so a dead GPS does not stop the
+uplink, and report health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from agent import __version__
+from agent.buffer.outbox import Outbox
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.gps.fix import Fix
+from agent.messages import EventData, Status, Stream, record_body
+from agent.pipeline import Pipeline
+from agent.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+class FixSource(Protocol):
+    """What the runtime needs of a GPS source (see agent.gps.sources)."""
+
+    name: str
+
+    def fixes(self) -> AsyncIterator[Fix]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class Agent:
+    """The daemon: ``await Agent(cfg, source).run()`` until cancelled."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        source: FixSource,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.clock = clock or Clock(cfg.clock.source)
+        self.outbox = Outbox(
+            cfg.buffer.path, cfg.device.id, commit_interval_s=cfg.buffer.commit_interval_s
+        )
+        self.pipeline = Pipeline(cfg.sampler)
+        self.uplink = Uplink(
+            cfg.mqtt,
+            cfg.device.id,
+            self.outbox,
+            self.clock,
+            birth=lambda: self._status("online"),
+            will=self._status("offline"),
+            rng=rng,
+        )
+        # Events that happened before any trusted UTC existed: (mono, builder).
+        self._untimed: list[tuple[float, Callable[[datetime], EventData]]] = []
+        self.started_mono = time.monotonic()
+        self._untimed.append((self.started_mono, self._started_event))
+
+    def _started_event(self, ts: datetime) -> EventData:
+        return EventData(
+            ts=ts,
+            type="agent_started",
+            data={
+                "version": __version__,
+                "config_hash": self.cfg.digest(),
+                "gps_source": self.cfg.gps.source,
+            },
+        )
+
+    def _status(self, state: str) -> str:
+        return Status.model_validate(
+            {
+                "device": self.cfg.device.id,
+                "state": state,
+                "epoch": self.outbox.epoch,
+                "ts": self.clock.now(),
+                "version": __version__,
+                "config_hash": self.cfg.digest(),
+                "last_seq": self.outbox.last_seq,
+                "health": self.health() if state == "online" else {},
+            }
+        ).model_dump_json(exclude_none=True)
+
+    def health(self) -> dict[str, Any]:
+        """What works and what does not, for status and commissioning."""
+        return {
+            "clock": self.clock.basis,
+            "waiting_for_time": len(self._untimed),
+            "gps": self.source.status(),
+            "outbox": {**self.outbox.depth(), "dropped": self.outbox.dropped},
+            "outbox_error": self.outbox.last_error,
+            "uplink": self.uplink.status(),
+        }
+
+    # -- data path ------------------------------------------------------------
+
+    def _emit(self, stream: Stream, record: Any, urgent: bool = False) -> None:
+        self.outbox.add(stream, record_body(record))
+        if urgent and self.outbox.commit():
+            self.uplink.wake()
+
+    def _release_untimed(self) -> None:
+        """Stamp and emit records that were waiting for trusted UTC."""
+        if not self._untimed or self.clock.utc_at(self._untimed[0][0]) is None:
+            return
+        waiting, self._untimed = self._untimed, []
+        for mono, build in waiting:
+            ts = self.clock.utc_at(mono)
+            assert ts is not None
+            self._emit("events", build(ts), urgent=True)
+
+    def handle_fix(self, fix: Fix) -> None:
+        if fix.has_position and fix.time is not None:
+            self.clock.observe_gnss(fix.time, fix.mono)
+        self._release_untimed()
+        for stream, record in self.pipeline.feed_fix(fix):
+            self._emit(stream, record, urgent=stream == "events")
+
+    async def _read_gps(self) -> None:
+        async for fix in self.source.fixes():
+            self.handle_fix(fix)
+
+    async def _committer(self) -> None:
+        tick = max(0.05, min(0.25, self.cfg.buffer.commit_interval_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            self._release_untimed()
+            if self.outbox.commit_due() and self.outbox.commit():
+                self.uplink.wake()
+
+    async def run(self) -> None:
+        log.info(
+            "agent %s starting: device %s, epoch %s, next seq %d",
+            __version__,
+            self.cfg.device.id,
+            self.outbox.epoch,
+            self.outbox.last_seq + 1,
+        )
+        tasks = [
+            asyncio.create_task(self._read_gps(), name="gps"),
+            asyncio.create_task(self._committer(), name="committer"),
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a source that ends (file replay) just finishes
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            self.outbox.close()
+            log.info("agent stopped; last seq %d", self.outbox.last_seq)

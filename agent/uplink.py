@@ -1,0 +1,319 @@
+"""MQTT uplink: moves committed outbox rows to the broker, QoS 1, nothing lost.
+
+paho-mqtt 2.x does the protocol.  This module adds what a vehicle needs
+around it:
+
+* its own reconnect loop with exponential backoff *and jitter* (paho's
+  built-in one has none, and a fleet reconnecting in lock-step after a broker
+  restart is a thundering herd);
+* a bounded in-flight window fed from the outbox, oldest first, the
+  ``events`` stream before ``telemetry``; rows leave the outbox only on a
+  successful PUBACK (see agent.buffer.outbox);
+* a retained birth on ``status`` and a retained last-will, TLS and
+  per-device credentials when configured.
+
+Threads: paho's network loop runs in one thread owned here; the outbox and
+everything else live on the asyncio loop.  paho calls back on its thread and
+the callbacks hop to the loop with ``call_soon_threadsafe``; ``publish`` is
+called from the loop (paho's publish is thread-safe and wakes its select).
+Within one process paho itself re-sends unacknowledged QoS 1 publishes after
+a reconnect, so the in-flight map survives reconnects; after a restart the
+outbox re-sends them and the bridge drops the duplicates by seq.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.buffer.outbox import Outbox
+from agent.clock import Clock
+from agent.config import MqttConfig
+from agent.messages import MAX_PAYLOAD_BYTES, STREAMS, Stream, batch_json, topic, with_seq
+
+log = logging.getLogger(__name__)
+
+
+def backoff_delays(
+    minimum: float, maximum: float, rng: random.Random, factor: float = 2.0
+) -> Callable[[int], float]:
+    """Delay before attempt n (0-based): exponential, capped, "full jitter".
+
+    Full jitter (uniform between half and the whole step) spreads a fleet's
+    reconnects after an outage instead of synchronising them.
+    """
+
+    def delay(attempt: int) -> float:
+        step = min(maximum, minimum * factor ** min(attempt, 32))
+        return rng.uniform(step / 2, step)
+
+    return delay
+
+
+@dataclass(slots=True)
+class _InFlight:
+    stream: Stream
+    seqs: list[int]
+    since: float
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    connected: bool = False
+    connects: int = 0
+    disconnects: int = 0
+    publishes: int = 0
+    acked_records: int = 0
+    failed_acks: int = 0
+    last_error: str | None = None
+    connected_since: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Uplink:
+    """Owns the MQTT session; ``run()`` until cancelled; ``wake()`` on new data."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        device: str,
+        outbox: Outbox,
+        clock: Clock,
+        *,
+        birth: Callable[[], str],
+        will: str,
+        rng: random.Random | None = None,
+        ack_timeout_s: float = 60.0,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.outbox = outbox
+        self.clock = clock
+        self._birth = birth
+        self._will = will
+        self._delay = backoff_delays(cfg.backoff_min_s, cfg.backoff_max_s, rng or random.Random())
+        self._ack_timeout_s = ack_timeout_s
+        self.stats = UplinkStats()
+        self._inflight: dict[int, _InFlight] = {}
+        self._cursor: dict[Stream, int] = dict.fromkeys(STREAMS, 0)
+        self._rejections = 0
+        self._hold_until = 0.0  # after a broker rejection, wait before re-sending
+        self._wake = asyncio.Event()
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = self._make_client()
+
+    # -- paho client -------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id or self.device,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else True,
+        )
+        if cfg.username is not None:
+            password = None if cfg.password is None else cfg.password.get_secret_value()
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            client.tls_set(
+                ca_certs=None if cfg.tls.ca is None else str(cfg.tls.ca),
+                certfile=None if cfg.tls.cert is None else str(cfg.tls.cert),
+                keyfile=None if cfg.tls.key is None else str(cfg.tls.key),
+                cert_reqs=ssl.CERT_REQUIRED,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+            client.tls_insecure_set(cfg.tls.insecure)
+        client.will_set(self._topic("status"), self._will, qos=1, retain=True)
+        client.max_inflight_messages_set(cfg.inflight)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _topic(self, name: str) -> str:
+        return topic(self.cfg.topic_prefix, self.device, name)
+
+    def _network_thread(self) -> None:
+        """Connect, run paho's loop until the link drops, back off, repeat."""
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                if self.cfg.protocol == "5":
+                    self._client.connect(
+                        self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True
+                    )
+                else:
+                    self._client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
+                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+                while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    rc = self._client.loop(timeout=0.5)
+                if self.stats.connected_since is not None:
+                    attempt = 0  # the link worked: start the backoff afresh
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {exc}")
+            if self._stop.is_set():
+                break
+            self._stop.wait(self._delay(attempt))
+            attempt += 1
+        try:
+            if self._client.is_connected():
+                # A clean disconnect suppresses the will, so say goodbye ourselves.
+                info = self._client.publish(self._topic("status"), self._will, qos=1, retain=True)
+                deadline = time.monotonic() + 2.0
+                while not info.is_published() and time.monotonic() < deadline:
+                    self._client.loop(timeout=0.1)
+            self._client.disconnect()
+            self._client.loop(timeout=0.2)
+        except (OSError, RuntimeError, ValueError):
+            pass
+
+    def _note_error(self, text: str) -> None:
+        if text != self.stats.last_error:
+            log.warning("%s", text)
+        self.stats.last_error = text
+
+    # -- callbacks (paho's thread) ------------------------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_connect(
+        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        if reason.is_failure:
+            self._note_error(f"broker refused connection: {reason}")
+            return
+        client.publish(self._topic("status"), self._birth(), qos=1, retain=True)
+        self._call(self._connected)
+
+    def _on_disconnect(
+        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
+    ) -> None:
+        self._call(self._disconnected, str(reason))
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        self._call(self._acked, mid, reason.is_failure, str(reason))
+
+    # -- loop side ------------------------------------------------------------
+
+    def _connected(self) -> None:
+        log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
+        self.stats.connected = True
+        self.stats.connects += 1
+        self.stats.connected_since = time.monotonic()
+        self.stats.last_error = None
+        self._wake.set()
+
+    def _disconnected(self, reason: str) -> None:
+        if self.stats.connected:
+            log.warning("disconnected: %s", reason)
+            self.stats.disconnects += 1
+        self.stats.connected = False
+        self.stats.connected_since = None
+
+    def _acked(self, mid: int, failed: bool, reason: str) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return  # birth/status publish, or a re-send acked twice
+        if failed:
+            # The broker refused it (not authorised, quota, too large): keep the
+            # rows and rewind so they are tried again after the backoff.
+            self.stats.failed_acks += 1
+            self._note_error(f"broker rejected publish on {entry.stream}: {reason}")
+            self._cursor[entry.stream] = min(self._cursor[entry.stream], entry.seqs[0] - 1)
+            self._hold_until = time.monotonic() + self._delay(self._rejections)
+            self._rejections += 1
+        else:
+            self._rejections = 0
+            self.outbox.ack(entry.seqs)
+            self.stats.acked_records += len(entry.seqs)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """New rows were committed: look for something to send."""
+        self._wake.set()
+
+    def _fill_window(self) -> None:
+        """Publish oldest rows, events first, while the window has room."""
+        for stream in ("events", "telemetry"):
+            while len(self._inflight) < self.cfg.inflight:
+                rows = self.outbox.next_batch(
+                    stream, self._cursor[stream], self.cfg.batch_max, MAX_PAYLOAD_BYTES - 1024
+                )
+                if not rows:
+                    break
+                payload = batch_json(
+                    self.device,
+                    self.outbox.epoch,
+                    self.clock.now(),
+                    [with_seq(body, seq) for seq, body in rows],
+                )
+                info = self._client.publish(self._topic(stream), payload, qos=1)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self._note_error(f"publish failed: {mqtt.error_string(info.rc)}")
+                    # paho keeps it queued and sends it after the reconnect.
+                seqs = [seq for seq, _ in rows]
+                self._inflight[info.mid] = _InFlight(stream, seqs, time.monotonic())
+                self._cursor[stream] = seqs[-1]
+                self.stats.publishes += 1
+
+    def _expire_stuck(self) -> None:
+        """Safety net: a publish unacknowledged for long while connected is re-sent."""
+        now = time.monotonic()
+        since = self.stats.connected_since
+        if since is None or now - since < self._ack_timeout_s:
+            return
+        stuck = [m for m, e in self._inflight.items() if now - e.since > self._ack_timeout_s]
+        for mid in stuck:
+            entry = self._inflight.pop(mid)
+            self._cursor[entry.stream] = min(self._cursor[entry.stream], entry.seqs[0] - 1)
+        if stuck:
+            self._note_error(f"{len(stuck)} publishes unacknowledged for {self._ack_timeout_s}s")
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        thread = threading.Thread(target=self._network_thread, name="mqtt", daemon=True)
+        thread.start()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                self._wake.clear()
+                if self.stats.connected and time.monotonic() >= self._hold_until:
+                    self._expire_stuck()
+                    self._fill_window()
+        finally:
+            self._stop.set()
+            await asyncio.to_thread(thread.join, 5.0)
+
+    def status(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "connected": s.connected,
+            "broker": f"{self.cfg.host}:{self.cfg.port}",
+            "tls": self.cfg.tls is not None,
+            "connects": s.connects,
+            "disconnects": s.disconnects,
+            "publishes": s.publishes,
+            "acked_records": s.acked_records,
+            "failed_acks": s.failed_acks,
+            "inflight": len(self._inflight),
+            "last_error": s.last_error,
+        }

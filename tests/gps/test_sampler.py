@@ -1,0 +1,70 @@
+"""Position sampler: periodic while moving, turns and distance, heartbeat when parked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from agent.gps.fix import Fix, FixMode
+from agent.gps.sampler import PositionSampler, haversine_m
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def fix(
+    t: float, lat: float = 52.0, lon: float = 4.0, speed: float = 10.0, course: float = 90.0
+) -> Fix:
+    return Fix(
+        time=T0 + timedelta(seconds=t),
+        mono=t,
+        mode=FixMode.FIX_3D,
+        lat=lat,
+        lon=lon,
+        speed=speed,
+        course=course,
+        sats_used=9,
+        hdop=0.9,
+    )
+
+
+def test_haversine_one_degree_latitude() -> None:
+    assert abs(haversine_m(0, 0, 1, 0) - 111_195) < 1
+
+
+def test_periodic_at_10hz_input() -> None:
+    s = PositionSampler(period_s=1.0)
+    out = [p for i in range(101) for p in s.feed(fix(i / 10))]
+    assert [p.reason for p in out[:2]] == ["first", "periodic"]
+    assert len(out) == 11
+    assert [p.ts for p in out] == [T0 + timedelta(seconds=i) for i in range(11)]
+
+
+def test_heading_change_and_distance_between_periods() -> None:
+    s = PositionSampler(period_s=30, heading_change_deg=15, distance_m=100)
+    assert s.feed(fix(0))[0].reason == "first"
+    assert s.feed(fix(1, course=100)) == []
+    assert s.feed(fix(2, course=106))[0].reason == "heading"
+    far = s.feed(fix(3, lat=52.001, course=106))  # ~111 m north
+    assert far[0].reason == "distance"
+
+
+def test_heading_wraps_through_north() -> None:
+    s = PositionSampler(period_s=30, heading_change_deg=15)
+    s.feed(fix(0, course=355))
+    assert s.feed(fix(1, course=5)) == []
+    assert s.feed(fix(2, course=11))[0].reason == "heading"
+
+
+def test_stop_then_heartbeat() -> None:
+    s = PositionSampler(period_s=1, heartbeat_s=300)
+    s.feed(fix(0))
+    assert s.feed(fix(1, speed=0.2))[0].reason == "periodic"  # the stop itself
+    quiet = [p for t in range(2, 301) for p in s.feed(fix(t, speed=0.3))]
+    assert quiet == []
+    assert s.feed(fix(301, speed=0.3))[0].reason == "heartbeat"
+
+
+def test_every_fix_and_no_fix() -> None:
+    s = PositionSampler(every_fix=True)
+    assert len([p for i in range(10) for p in s.feed(fix(i / 10))]) == 10
+    assert s.feed(Fix(time=T0, mono=0, mode=FixMode.NO_FIX)) == []
+    assert s.feed(Fix(time=None, mono=0, mode=FixMode.FIX_3D, lat=1, lon=1)) == []

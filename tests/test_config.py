@@ -1,0 +1,106 @@
+"""Config: TOML + environment, one-line errors naming the key, exit status 2."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config, parse_config
+from tests.support.procs import command
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_config_is_valid() -> None:
+    cfg = load_config(REPO / "config" / "agent.example.toml", environ={})
+    assert cfg.device.id == "van-042"
+    assert cfg.mqtt.port == 8883
+    assert cfg.mqtt.tls is not None and cfg.mqtt.tls.ca == Path("/etc/telematics/ca.crt")
+
+
+def test_environment_overrides_file() -> None:
+    cfg = parse_config(
+        {"device": {"id": "v1"}, "mqtt": {"host": "a"}},
+        {"TELEMATICS_MQTT__HOST": "b", "TELEMATICS_MQTT__PORT": "8884", "OTHER": "x"},
+    )
+    assert (cfg.mqtt.host, cfg.mqtt.port) == ("b", 8884)
+
+
+def test_password_from_environment_is_secret() -> None:
+    cfg = parse_config({"device": {"id": "v1"}}, {"TELEMATICS_MQTT__PASSWORD": "hunter2"})
+    assert cfg.mqtt.password is not None
+    assert cfg.mqtt.password.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "expected"),
+    [
+        ({"mqtt": {"port": "abc"}}, {}, "mqtt.port = 'abc': Input should be a valid integer"),
+        ({"mqtt": {"hots": "x"}}, {}, "mqtt.hots = 'x': unknown key; allowed here: "),
+        ({"gps": {"source": "usb"}}, {}, "gps.source = 'usb': Input should be 'serial'"),
+        ({"gps": {"baud": 1234}}, {}, "gps.baud = 1234: Input should be 4800"),
+        (
+            {"sampler": {"period_s": -1}},
+            {},
+            "sampler.period_s = -1: Input should be greater than 0",
+        ),
+        ({}, {"TELEMATICS_MQTT__PORT": "70000"}, "environment TELEMATICS_MQTT__PORT: mqtt.port"),
+        ({"gps": {"source": "file"}}, {}, "gps.path is required when gps.source = 'file'"),
+    ],
+)
+def test_bad_value_names_key_and_value(raw: dict, env: dict, expected: str) -> None:
+    raw = {"device": {"id": "v1"}, **raw}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, env, origin="agent.toml")
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_device_id() -> None:
+    with pytest.raises(ConfigError, match=r"device = .*|device: required key is missing"):
+        parse_config({"gps": {}}, {})
+
+
+def test_cli_exit_status_2_names_key(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text('[device]\nid = "v1"\n[buffer]\ncommit_interval_s = "soon"\n')
+    proc = subprocess.run(
+        [command("telematics-agent"), "config", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "buffer.commit_interval_s = 'soon'" in lines[0]
+
+
+def test_cli_invalid_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text("[device\n")
+    for path in (bad, tmp_path / "nope.toml"):
+        proc = subprocess.run(
+            [command("telematics-agent"), "config", "check", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert str(path) in proc.stderr
+
+
+def test_cli_check_ok() -> None:
+    proc = subprocess.run(
+        [command("telematics-agent"), "config", "check", str(REPO / "config/agent.example.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "device van-042" in proc.stdout
