@@ -1,0 +1,234 @@
+"""Uplink -> real mosquitto -> bridge: PUBACK-driven deletion, outages, rejects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.buffer.outbox import Outbox
+from agent.clock import Clock
+from agent.config import MqttConfig
+from agent.messages import EventData, PositionData, Status, record_body
+from agent.uplink import Uplink, backoff_delays
+from cloud_bridge.storage import BridgeStore
+from cloud_bridge.subscriber import Bridge, BridgeSettings
+from tests.support.broker import Mosquitto, wait_for
+
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+DEVICE = "van-7"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "broker").start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, broker: Mosquitto) -> Iterator[Bridge]:
+    store = BridgeStore(tmp_path / "bridge.sqlite")
+    br = Bridge(store, BridgeSettings(port=broker.port, client_id="bridge-test"))
+    client = br.make_client()
+    client.connect_async("127.0.0.1", broker.port)
+    client.loop_start()
+    wait_for(br.connected.is_set, 10, "bridge connected")
+    yield br
+    client.disconnect()
+    client.loop_stop()
+    store.close()
+
+
+def position(i: int) -> str:
+    return record_body(
+        PositionData(
+            ts=T0 + timedelta(seconds=i), lat=52 + i * 1e-5, lon=4.0, mode=3, reason="periodic"
+        )
+    )
+
+
+def status_json(state: str) -> str:
+    return Status(device=DEVICE, state=state).model_dump_json()
+
+
+@contextlib.asynccontextmanager
+async def running(uplink: Uplink) -> AsyncIterator[Uplink]:
+    task = asyncio.create_task(uplink.run())
+    try:
+        yield uplink
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(cond, timeout: float, what, detail=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} {detail()}")
+        await asyncio.sleep(0.05)
+
+
+def make_uplink(outbox: Outbox, port: int, **kw: object) -> Uplink:
+    cfg = MqttConfig(host="127.0.0.1", port=port, backoff_min_s=0.2, backoff_max_s=1.0, **kw)  # type: ignore[arg-type]
+    clock = Clock("system", synced=lambda: True)
+    return Uplink(
+        cfg,
+        DEVICE,
+        outbox,
+        clock,
+        birth=lambda: status_json("online"),
+        will=status_json("offline"),
+        rng=random.Random(1),
+    )
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    delay = backoff_delays(1.0, 60.0, random.Random(3))
+    samples = [delay(n) for n in range(10)]
+    for n, d in enumerate(samples):
+        step = min(60.0, 2.0**n)
+        assert step / 2 <= d <= step
+    assert len({round(delay(8), 6) for _ in range(20)}) > 1  # jitter spreads a fleet
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_backlog_reaches_bridge_and_leaves_outbox(
+    tmp_path: Path, broker: Mosquitto, bridge: Bridge, protocol: str
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
+    for i in range(250):
+        outbox.add("telemetry", position(i))
+    outbox.add("events", record_body(EventData(ts=T0, type="agent_started")))
+    outbox.commit()
+    uplink = make_uplink(outbox, broker.port, protocol=protocol, batch_max=20, inflight=3)
+
+    async def scenario() -> None:
+        async with running(uplink):
+            await until(lambda: bridge.counts["stored"] == 251, 20, "251 records at the bridge")
+            await until(
+                lambda: outbox.commit() >= 0 and outbox.depth()["telemetry"] == 0,
+                10,
+                "outbox drained",
+            )
+
+    asyncio.run(scenario())
+    order = bridge.store.arrival_order(DEVICE)
+    assert order[0] == ("events", outbox.epoch, 251)  # events go first
+    assert [seq for s, _, seq in order if s == "telemetry"] == list(range(1, 251))
+    assert bridge.counts["duplicates"] == 0
+    assert bridge.counts["rejected.invalid_schema"] == 0
+    assert uplink.stats.publishes == 1 + 13  # 250 positions in batches of 20
+
+
+def test_broker_outage_keeps_everything(tmp_path: Path, broker: Mosquitto, bridge: Bridge) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
+    uplink = make_uplink(outbox, broker.port)
+
+    async def scenario() -> None:
+        async with running(uplink):
+            await until(lambda: uplink.stats.connected, 10, "uplink connected")
+            for i in range(1, 51):
+                outbox.add("telemetry", position(i))
+            outbox.commit()
+            uplink.wake()
+            await until(lambda: bridge.counts["stored"] == 50, 10, "first 50")
+            broker.kill()
+            await until(lambda: not uplink.stats.connected, 10, "uplink notices the outage")
+            for i in range(51, 151):
+                outbox.add("telemetry", position(i))
+            outbox.commit()
+            uplink.wake()
+            assert outbox.depth()["telemetry"] >= 100
+            broker.start()
+            await until(
+                lambda: bridge.counts["stored"] == 150,
+                30,
+                "backlog after the outage",
+                lambda: f"{bridge.counts} {uplink.status()} {outbox.depth()}",
+            )
+            await until(
+                lambda: outbox.commit() >= 0 and outbox.depth()["telemetry"] == 0,
+                10,
+                "outbox drained",
+            )
+
+    asyncio.run(scenario())
+    seqs = sorted(seq for _, _, seq in bridge.store.arrival_order(DEVICE))
+    assert seqs == list(range(1, 151))
+    assert uplink.stats.connects >= 2
+
+
+def test_retained_birth_and_will(tmp_path: Path, broker: Mosquitto) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
+    uplink = make_uplink(outbox, broker.port)
+    seen: list[str] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
+    watcher.on_message = lambda c, u, m: seen.append(json.loads(m.payload)["state"])
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe(f"fleet/{DEVICE}/status", 1)
+    watcher.loop_start()
+
+    async def scenario() -> None:
+        async with running(uplink):
+            await until(lambda: "online" in seen, 10, "birth")
+
+    asyncio.run(scenario())
+    wait_for(lambda: seen[-1:] == ["offline"], 10, "offline status after a clean stop")
+    watcher.loop_stop()
+    late: list[bool] = []
+    late_client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="late")
+    late_client.on_message = lambda c, u, m: late.append(m.retain)
+    late_client.connect("127.0.0.1", broker.port)
+    late_client.subscribe(f"fleet/{DEVICE}/status", 1)
+    late_client.loop_start()
+    wait_for(lambda: late == [True], 10, "retained status for a late subscriber")
+    late_client.loop_stop()
+
+
+def test_bridge_rejects_and_counts_bad_payloads(tmp_path: Path) -> None:
+    store = BridgeStore(tmp_path / "b.sqlite")
+    br = Bridge(store, BridgeSettings())
+    good = (
+        '{"v":1,"device":"van-7","epoch":"0123456789abcdef0123456789abcdef","sent":null,'
+        '"records":[{"seq":1,' + position(1)[1:] + "]}"
+    )
+    br.handle("fleet/van-7/telemetry", good.encode())
+    br.handle("fleet/van-7/telemetry", good.encode())  # exact duplicate
+    br.handle("fleet/van-8/telemetry", good.encode())  # foreign device
+    br.handle("fleet/van-7/telemetry", b"{not json")
+    br.handle("fleet/van-7/telemetry", b'{"v":1}')
+    br.handle("fleet/van-7/telemetry", b"x" * 300_000)
+    br.handle("other/van-7/telemetry", good.encode())
+    br.handle("fleet/van-7/events", good.encode())  # a position on the events stream
+    assert br.counts == {
+        "stored": 1,
+        "duplicates": 1,
+        "batches": 2,
+        "rejected.device_mismatch": 1,
+        "rejected.invalid_json": 1,
+        "rejected.invalid_schema": 1,
+        "rejected.oversized": 1,
+        "rejected.foreign_topic": 1,
+        "rejected.wrong_stream": 1,
+    }
+    assert store.reject_counts() == {
+        "device_mismatch": 1,
+        "foreign_topic": 1,
+        "invalid_json": 1,
+        "invalid_schema": 1,
+        "oversized": 1,
+        "wrong_stream": 1,
+    }
+    assert [r["seq"] for r in store.records("van-7")] == [1]
