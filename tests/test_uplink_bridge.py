@@ -22,7 +22,7 @@ from agent.messages import EventData, PositionData, Status, record_body
 from agent.uplink import Uplink, backoff_delays
 from cloud_bridge.storage import BridgeStore
 from cloud_bridge.subscriber import Bridge, BridgeSettings
-from tests.support.broker import Mosquitto, wait_for
+from simulators.broker import Mosquitto, wait_for
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 DEVICE = "van-7"

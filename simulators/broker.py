@@ -1,4 +1,4 @@
-"""A real mosquitto broker for tests, on a free port, that can be killed and restarted."""
+"""A local mosquitto on a free port, for the demo and the tests; can be killed and restarted."""
 
 from __future__ import annotations
 

@@ -1,0 +1,303 @@
+"""The whole chain on one machine: simulated GPS -> agent -> mosquitto -> bridge.
+
+Used by ``telematics-sim demo`` (the README's main job) and by the end-to-end
+tests, which also kill and restart pieces of it.  Every piece is the real
+program run as a process: the simulator writes NMEA into a pseudo-terminal,
+the agent reads it as a serial port, a real mosquitto carries the messages
+and the bridge stores them in SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from simulators.broker import Mosquitto, wait_for
+
+BIN = Path(sys.executable).parent
+
+
+def command(name: str) -> str:
+    """Path of one of the project's console scripts, installed beside this Python."""
+    path = BIN / name
+    if not path.exists():
+        raise RuntimeError(f"{name} is not installed beside {sys.executable}: pip install -e .")
+    return str(path)
+
+
+class Proc:
+    """A child process in its own session, logging to a file."""
+
+    def __init__(self, args: list[str], log: Path, stdout_pipe: bool = False) -> None:
+        self.args = args
+        self.log = log
+        self._log_file = log.open("ab")
+        self.popen = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE if stdout_pipe else self._log_file,
+            stderr=self._log_file,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.popen.stdout is not None
+        return self.popen.stdout
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        self.signal(sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.popen.wait(5)
+        self._log_file.close()
+        return self.popen.returncode
+
+
+class Stack:
+    """Broker, bridge, GPS simulator and agent in ``workdir``; start/stop each."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        scenario: str = "urban_delivery",
+        speed: float = 10.0,
+        rate_hz: float = 1.0,
+        device: str = "van-demo",
+        duration_s: float | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.scenario = scenario
+        self.speed = speed
+        self.rate_hz = rate_hz
+        self.device = device
+        self.duration_s = duration_s
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.broker = Mosquitto(workdir / "broker")
+        self.bridge_db = workdir / "bridge.sqlite"
+        self.outbox_db = workdir / "outbox.sqlite"
+        self.agent_config = workdir / "agent.toml"
+        self.bridge: Proc | None = None
+        self.sim: Proc | None = None
+        self.agent: Proc | None = None
+        self.pty: str | None = None
+
+    # -- pieces -----------------------------------------------------------------
+
+    def start_broker(self) -> None:
+        self.broker.start()
+
+    def start_bridge(self) -> None:
+        self.bridge = Proc(
+            [
+                command("telematics-bridge"),
+                "run",
+                "--db",
+                str(self.bridge_db),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.broker.port),
+                "--client-id",
+                f"bridge-{self.workdir.name}",
+            ],
+            self.workdir / "bridge.log",
+        )
+
+    def start_sim(self) -> None:
+        args = [
+            command("telematics-sim"),
+            "gps",
+            "--scenario",
+            self.scenario,
+            "--pty",
+            "--speed",
+            str(self.speed),
+            "--rate",
+            str(self.rate_hz),
+        ]
+        if self.duration_s is not None:
+            args += ["--duration", str(self.duration_s)]
+        self.sim = Proc(args, self.workdir / "sim.log", stdout_pipe=True)
+        line = self.sim.stdout.readline().decode().strip()
+        if not line.startswith("/dev/"):
+            raise RuntimeError(
+                f"simulator did not print a pty path (got {line!r}); see {self.sim.log}"
+            )
+        self.pty = line
+
+    def write_agent_config(self) -> None:
+        assert self.pty is not None
+        self.agent_config.write_text(
+            f'[device]\nid = "{self.device}"\n\n'
+            f'[gps]\nsource = "serial"\ndevice = "{self.pty}"\nbaud = 9600\n'
+            "rollover_floor = 2020-01-01\n\n"
+            f'[buffer]\npath = "{self.outbox_db}"\ncommit_interval_s = 0.5\n\n'
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
+            "backoff_min_s = 0.5\nbackoff_max_s = 4.0\n\n"
+            '[log]\nlevel = "INFO"\n'
+        )
+
+    def start_agent(self) -> None:
+        if not self.agent_config.exists():
+            self.write_agent_config()
+        self.agent = Proc(
+            [command("telematics-agent"), "run", "--config", str(self.agent_config)],
+            self.workdir / "agent.log",
+        )
+
+    def start(self) -> None:
+        self.start_broker()
+        self.start_bridge()
+        self.start_sim()
+        self.start_agent()
+
+    # -- observing --------------------------------------------------------------
+
+    def _query(self, db: Path, sql: str) -> list[tuple[Any, ...]]:
+        if not db.exists():
+            return []
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute(sql).fetchall()
+        except sqlite3.OperationalError:
+            return []  # table not created yet
+        finally:
+            con.close()
+
+    def outbox_depth(self) -> int:
+        rows = self._query(self.outbox_db, "SELECT COUNT(*) FROM outbox")
+        return int(rows[0][0]) if rows else -1
+
+    def outbox_high_water(self) -> int:
+        rows = self._query(self.outbox_db, "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+        return int(rows[0][0]) if rows else 0
+
+    def bridge_seqs(self) -> list[tuple[str, int]]:
+        """(stream, seq) of the device's records in arrival order."""
+        return [
+            (str(s), int(q))
+            for s, q in self._query(
+                self.bridge_db,
+                f"SELECT stream, seq FROM records WHERE device = '{self.device}' ORDER BY rowid",
+            )
+        ]
+
+    def wait_sim_done(self, timeout: float) -> None:
+        assert self.sim is not None
+        self.sim.popen.wait(timeout)
+
+    def wait_delivered(self, timeout: float) -> None:
+        """Until every seq the agent committed is at the bridge."""
+
+        def done() -> bool:
+            high = self.outbox_high_water()
+            return high > 0 and len(self.bridge_seqs()) >= high and self.outbox_depth() == 0
+
+        wait_for(done, timeout, "all committed records at the bridge", poll=0.25)
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.sim, self.bridge):
+            if proc is not None:
+                proc.stop()
+        self.broker.stop()
+
+    def summary(self) -> dict[str, Any]:
+        rows = self._query(
+            self.bridge_db,
+            "SELECT kind, COUNT(*), MIN(ts), MAX(ts) FROM records "
+            f"WHERE device = '{self.device}' GROUP BY kind",
+        )
+        seqs = sorted(q for _, q in self.bridge_seqs())
+        events = self._query(
+            self.bridge_db,
+            f"SELECT type, COUNT(*) FROM records WHERE device = '{self.device}' "
+            "AND kind = 'event' GROUP BY type",
+        )
+        rejects = self._query(
+            self.bridge_db, "SELECT reason, COUNT(*) FROM rejects GROUP BY reason"
+        )
+        return {
+            "device": self.device,
+            "records": {k: n for k, n, _, _ in rows},
+            "first_fix": min((t0 for _, _, t0, _ in rows), default=None),
+            "last_fix": max((t1 for _, _, _, t1 in rows), default=None),
+            "seq_range": [seqs[0], seqs[-1]] if seqs else None,
+            "missing_seqs": (seqs[-1] - len(set(seqs))) if seqs else 0,
+            "duplicates_stored": len(seqs) - len(set(seqs)),
+            "events": dict(events),
+            "rejected": dict(rejects),
+        }
+
+
+def run_demo(
+    workdir: Path,
+    *,
+    scenario: str,
+    speed: float,
+    duration_s: float | None,
+    out: Callable[[str], None] = print,
+) -> int:
+    """The README's main job: drive, deliver, summarise."""
+    stack = Stack(workdir, scenario=scenario, speed=speed, duration_s=duration_s)
+    out(f"workdir {workdir}")
+    try:
+        stack.start()
+        out(
+            f"broker 127.0.0.1:{stack.broker.port}, simulator on {stack.pty} at {speed:g}x, "
+            "agent and bridge running; driving..."
+        )
+        assert stack.sim is not None
+        started = time.monotonic()
+        while stack.sim.alive():
+            time.sleep(5)
+            out(
+                f"  {time.monotonic() - started:5.0f}s  agent committed {stack.outbox_high_water()} "
+                f"records, bridge holds {len(stack.bridge_seqs())}"
+            )
+        stack.wait_delivered(60)
+    finally:
+        stack.stop()
+    out(json.dumps(stack.summary(), indent=2))
+    out(f"logs: {workdir}/agent.log, bridge.log, sim.log; bridge database {stack.bridge_db}")
+    out(f"try: telematics-bridge query --db {stack.bridge_db} --device {stack.device} | head")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(
+        prog="telematics-sim demo",
+        description="simulated drive -> agent -> local mosquitto -> bridge, then a summary",
+    )
+    ap.add_argument("--scenario", default="urban_delivery")
+    ap.add_argument("--speed", type=float, default=10.0, help="simulated seconds per second")
+    ap.add_argument("--duration", type=float, default=None, help="cut the drive after N seconds")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="telematics-demo-"))
+    return run_demo(workdir, scenario=args.scenario, speed=args.speed, duration_s=args.duration)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
