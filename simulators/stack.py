@@ -56,16 +56,16 @@ class Proc:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def signal(self, sig: int) -> None:
+    def send(self, sig: int) -> None:
         if self.alive():
             os.killpg(self.popen.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        self.signal(sig)
+        self.send(sig)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
+            self.send(signal.SIGKILL)
             self.popen.wait(5)
         self._log_file.close()
         return self.popen.returncode
