@@ -104,3 +104,40 @@ def test_cli_check_ok() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "device van-042" in proc.stdout
+
+
+def _keys(model: type, prefix: str = "") -> list[str]:
+    from pydantic import BaseModel
+
+    out = []
+    for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+        ann = field.annotation
+        nested = [
+            a
+            for a in (ann, *getattr(ann, "__args__", ()))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if nested:
+            out += _keys(nested[0], f"{prefix}{name}.")
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def test_every_key_is_documented() -> None:
+    from agent.config import AgentConfig
+
+    doc = (REPO / "docs" / "CONFIG.md").read_text()
+    sections = {}
+    current = None
+    for line in doc.splitlines():
+        if line.startswith("#") and "[" in line:
+            current = line[line.index("[") + 1 : line.index("]")]
+        elif line.startswith("| `") and current:
+            sections.setdefault(current, set()).add(line.split("`")[1])
+    missing = []
+    for key in _keys(AgentConfig):
+        section, _, name = key.rpartition(".")
+        if name not in sections.get(section, set()):
+            missing.append(key)
+    assert missing == [], f"keys missing from docs/CONFIG.md: {missing}"
