@@ -90,13 +90,12 @@ def replay(
 
 
 def _run(cfg: AgentConfig) -> int:
-    from agent.gps.sources import source_from_config
-    from agent.runtime import Agent
+    from agent.runtime import Agent, gps_source
 
     logging.basicConfig(
         level=cfg.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    agent = Agent(cfg, source_from_config(cfg.gps))
+    agent = Agent(cfg, gps_source(cfg.gps))
 
     async def main() -> None:
         task = asyncio.current_task()

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from agent import __version__
 from agent.buffer.outbox import Outbox
 from agent.clock import Clock
-from agent.config import AgentConfig
+from agent.config import AgentConfig, GpsConfig
 from agent.gps.fix import Fix
 from agent.messages import EventData, Status, Stream, record_body
 from agent.pipeline import Pipeline
@@ -38,6 +38,21 @@ class FixSource(Protocol):
     def fixes(self) -> AsyncIterator[Fix]: ...
 
     def status(self) -> dict[str, Any]: ...
+
+
+def gps_source(cfg: GpsConfig) -> FixSource:
+    """The GPS source the config asks for (nothing is opened until iterated)."""
+    from agent.gps.sources import open_source
+
+    return open_source(
+        cfg.source,
+        device=cfg.device,
+        baud=cfg.baud,
+        host=cfg.host,
+        port=cfg.port,
+        path=cfg.path,
+        rollover_floor=cfg.rollover_floor,
+    )
 
 
 class Agent:

@@ -80,7 +80,7 @@ class Stack:
         *,
         scenario: str = "urban_delivery",
         speed: float = 10.0,
-        rate_hz: float = 1.0,
+        rate_hz: int = 1,
         device: str = "van-demo",
         duration_s: float | None = None,
     ) -> None:
