@@ -20,10 +20,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.gps.fix import Fix
 
 
-def render(scenario: str, rate: float, seconds: float, out: Path) -> None:
+def render(scenario: str, rate: int, seconds: float, out: Path) -> None:
     from simulators.cli import main as sim_main
 
     rc = sim_main(
@@ -55,27 +60,33 @@ def run_one(nmea: Path, workdir: Path) -> dict[str, float]:
     parser = NmeaParser()
     pipeline = Pipeline()
     fixes = records = 0
-    first = last = None
-    last_commit = None
+    first: datetime | None = None
+    last: datetime | None = None
+    last_commit: datetime | None = None
     t0 = time.perf_counter()
+
+    def handle(fix: Fix) -> None:
+        nonlocal fixes, records, first, last, last_commit
+        fixes += 1
+        if fix.time is not None:
+            first = first or fix.time
+            last = fix.time
+        for stream, record in pipeline.feed_fix(fix):
+            outbox.add(stream, record_body(record))
+            records += 1
+        if fix.time is not None and (
+            last_commit is None or (fix.time - last_commit).total_seconds() >= 1.0
+        ):
+            outbox.commit()
+            last_commit = fix.time
+            sent = outbox.next_batch("telemetry", 0, 500, 1 << 20)
+            outbox.ack([seq for seq, _ in sent])
+
     for i in range(0, len(data), 4096):
         for fix in parser.feed(data[i : i + 4096], mono=i / 1e6):
-            fixes += 1
-            if fix.time is not None:
-                first = first or fix.time
-                last = fix.time
-            for stream, record in pipeline.feed_fix(fix):
-                outbox.add(stream, record_body(record))
-                records += 1
-            if fix.time is not None and (
-                last_commit is None or (fix.time - last_commit).total_seconds() >= 1.0
-            ):
-                outbox.commit()
-                last_commit = fix.time
-                sent = outbox.next_batch("telemetry", 0, 500, 1 << 20)
-                outbox.ack([seq for seq, _ in sent])
+            handle(fix)
     for fix in parser.flush(mono=len(data) / 1e6):
-        fixes += 1
+        handle(fix)
     outbox.commit()
     elapsed = time.perf_counter() - t0
     outbox.close()
@@ -97,16 +108,18 @@ def run_one(nmea: Path, workdir: Path) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--scenario", default="highway")
-    ap.add_argument("--rate", type=float, action="append", help="receiver Hz (repeatable)")
+    ap.add_argument("--rate", type=int, action="append", help="receiver Hz (repeatable)")
     ap.add_argument("--seconds", type=float, default=3600.0, help="drive length")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
         print(json.dumps(run_one(args.child, args.child.parent)))
         return 0
-    rates = args.rate or [1.0, 10.0]
-    print(f"{'rate':>5} {'drive':>7} {'lines':>8} {'fixes':>7} {'records':>7} "
-          f"{'wall s':>7} {'x realtime':>11} {'lines/s':>9} {'peak RSS':>9}")
+    rates = args.rate or [1, 10]
+    print(
+        f"{'rate':>5} {'drive':>7} {'lines':>8} {'fixes':>7} {'records':>7} "
+        f"{'wall s':>7} {'x realtime':>11} {'lines/s':>9} {'peak RSS':>9}"
+    )
     for rate in rates:
         with tempfile.TemporaryDirectory() as tmp:
             nmea = Path(tmp) / "drive.nmea"
