@@ -65,6 +65,7 @@ class Agent:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -84,7 +85,7 @@ class Agent:
         )
         # Events that happened before any trusted UTC existed: (mono, builder).
         self._untimed: list[tuple[float, Callable[[datetime], EventData]]] = []
-        self.started_mono = time.monotonic()
+        self.started_mono = mono()
         self._untimed.append((self.started_mono, self._started_event))
 
     def _started_event(self, ts: datetime) -> EventData:

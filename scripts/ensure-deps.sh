@@ -11,6 +11,7 @@ if [ "${TELEMATICS_WITH_GPSD:-1}" = 1 ]; then
   [ -x /usr/sbin/gpsd ] || need+=(gpsd)
   command -v gpsfake >/dev/null 2>&1 || need+=(gpsd-clients)
 fi
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then

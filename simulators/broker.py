@@ -39,7 +39,7 @@ def _accepts(port: int) -> bool:
 class Mosquitto:
     """mosquitto with persistence in ``workdir`` so sessions survive a restart."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, listener_extra: str = "") -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             raise RuntimeError("mosquitto not installed: run scripts/ensure-deps.sh")
@@ -54,6 +54,7 @@ class Mosquitto:
             # write persistence or logs into a test's private directory.
             f"user {getpass.getuser()}\n"
             f"listener {self.port} 127.0.0.1\n"
+            f"{listener_extra}"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
