@@ -1,0 +1,261 @@
+"""``telematics-sim``: run the device simulators from a scenario file.
+
+    telematics-sim list
+    telematics-sim info SCENARIO
+    telematics-sim gps --scenario S (--pty | --tcp PORT | --out FILE) [options]
+
+Scripts read the first stdout line (the pty path, or the TCP port) and then
+talk to the device; the one-line summary goes to stderr at the end.  Exit
+status: 0 at the end of the route or on SIGTERM/SIGINT, 2 for a bad command
+line or scenario, 1 when the device cannot be set up (port in use ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from types import FrameType
+
+from simulators.gps_device import GpsDevice, Outlet, PtyOutlet, RunSummary, TcpOutlet, write_drive
+from simulators.nmea_out import EncodedEpoch, iter_epochs
+from simulators.route import build_drive
+from simulators.scenario import Scenario, ScenarioError, bundled_scenarios, load_scenario, with_gnss
+
+__all__ = ["main"]
+
+PROG = "telematics-sim"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return _list()
+        if args.command == "info":
+            return _info(load_scenario(args.scenario))
+        return _gps(parser, args)
+    except ScenarioError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Device simulators for test drives.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the bundled scenarios")
+    info = sub.add_parser("info", help="distance, duration and stop times of a scenario")
+    info.add_argument("scenario", help="scenario file or bundled name")
+
+    gps = sub.add_parser("gps", help="NMEA GPS on a pty, over TCP, or into a file")
+    gps.add_argument("--scenario", required=True, help="scenario file or bundled name")
+    out = gps.add_argument_group("outputs (--pty and --tcp may be combined)")
+    out.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")
+    out.add_argument("--tcp", type=_port, metavar="PORT", help="serve TCP clients (0: any port)")
+    out.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    out.add_argument("--out", metavar="FILE", help="write the drive at once ('-' for stdout)")
+    gps.add_argument("--rate", type=int, metavar="HZ", help="epochs per second (1-10)")
+    gps.add_argument("--talker", choices=("GP", "GN"), help="NMEA talker id")
+    gps.add_argument(
+        "--speed", type=_positive, metavar="X", help="simulated seconds per wall second (1)"
+    )
+    gps.add_argument("--duration", type=_positive, metavar="SEC", help="stop after SEC simulated")
+    gps.add_argument("--loop", action="store_true", help="repeat the route (needs --duration)")
+    return parser
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("port must be 0..65535")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+# --------------------------------------------------------------------------- list / info
+
+
+def _list() -> int:
+    for name in bundled_scenarios():
+        scenario = load_scenario(name)
+        lap = build_drive(scenario).first
+        stops = len([s for s in lap.stops if 0 < s.waypoint < len(scenario.route.waypoints) - 1])
+        print(
+            f"{name:<16} {lap.distance / 1000:6.1f} km  {_clock(lap.duration):>8}  "
+            f"{stops} stop{'' if stops == 1 else 's'}  {scenario.description}"
+        )
+    return 0
+
+
+def _info(scenario: Scenario) -> int:
+    lap = build_drive(scenario).first
+    dwell = sum(s.depart_s - s.arrive_s for s in lap.stops)
+    print(f"{scenario.name}: {scenario.description}")
+    print(f"start {scenario.start_utc:%Y-%m-%d %H:%M:%S}Z, {lap.distance / 1000:.2f} km")
+    print(f"duration {_clock(lap.duration)} (driving {_clock(lap.duration - dwell)})")
+    for stop in lap.stops:
+        utc = scenario.start_utc + timedelta(seconds=stop.arrive_s)
+        print(
+            f"  t={stop.arrive_s:8.1f}s  {utc:%H:%M:%S}Z  waypoint {stop.waypoint:>3}  "
+            f"dwell {stop.depart_s - stop.arrive_s:5.0f}s  {stop.name}"
+        )
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+# --------------------------------------------------------------------------- gps
+
+
+def _gps(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not (args.pty or args.tcp is not None or args.out):
+        parser.error("gps needs an output: --pty, --tcp PORT or --out FILE")
+    if args.out and (args.pty or args.tcp is not None):
+        parser.error("--out writes at once; it cannot be combined with --pty or --tcp")
+    if args.out and args.speed is not None:
+        parser.error("--speed paces --pty/--tcp; --out always writes as fast as possible")
+    if args.out and args.loop and args.duration is None:
+        parser.error("--out with --loop needs --duration (the drive would never end)")
+    scenario = with_gnss(load_scenario(args.scenario), rate_hz=args.rate, talker=args.talker)
+    epochs = iter_epochs(scenario, duration_s=args.duration, loop=args.loop)
+    route_end = build_drive(scenario).duration
+    ends_by_duration = args.duration is not None and (args.loop or args.duration < route_end)
+    end_reason = "duration reached" if ends_by_duration else "end of route"
+
+    with _signals() as stop_by:
+        try:
+            if args.out:
+                summary = _write_out(epochs, args.out, stop_by)
+            else:
+                summary = _serve(epochs, args, stop_by)
+        except _SetupError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 1
+    _report(scenario, summary, args.speed, end_reason)
+    return 0
+
+
+class _SetupError(Exception):
+    """The device could not be set up (port in use, no ptys, unwritable file)."""
+
+
+class _StopBy:
+    """Which signal asked us to stop; forwards the request to the running device."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.device: GpsDevice | None = None
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __call__(self, signum: int, _frame: FrameType | None) -> None:
+        self.signal = signal.Signals(signum).name
+        if self.device is not None:
+            self.device.request_stop(self.signal)
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[_StopBy]:
+    """SIGTERM and SIGINT end the run cleanly (summary, exit 0) instead of a traceback."""
+    stop_by = _StopBy()
+    previous = {sig: signal.signal(sig, stop_by) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop_by
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _serve(
+    epochs: Iterator[EncodedEpoch], args: argparse.Namespace, stop_by: _StopBy
+) -> RunSummary:
+    outlets: list[Outlet] = []
+    announce: list[str] = []  # the first stdout line(s): where to connect
+    with contextlib.ExitStack() as stack:
+        try:
+            if args.pty:
+                pty = PtyOutlet()
+                stack.callback(pty.close)
+                outlets.append(pty)
+                announce.append(pty.path)
+            if args.tcp is not None:
+                tcp = TcpOutlet(args.host, args.tcp)
+                stack.callback(tcp.close)
+                outlets.append(tcp)
+                announce.append(str(tcp.port))
+        except OSError as exc:
+            raise _SetupError(f"cannot start the device: {exc}") from None
+        print("\n".join(announce), flush=True)
+        device = GpsDevice(epochs, outlets, speed=args.speed or 1.0)
+        stack.callback(device.close)
+        stop_by.device = device
+        if stop_by.signal is not None:
+            device.request_stop(stop_by.signal)
+        return device.run()
+
+
+def _write_out(epochs: Iterator[EncodedEpoch], target: str, stop_by: _StopBy) -> RunSummary:
+    if target != "-":
+        try:
+            out = open(target, "wb")  # noqa: SIM115 (closed below, errors reported)
+        except OSError as exc:
+            raise _SetupError(f"cannot write {target}: {exc}") from None
+        with out:
+            return write_drive(epochs, out, should_stop=stop_by.requested)
+    summary = write_drive(epochs, sys.stdout.buffer, should_stop=stop_by.requested)
+    if summary.stopped_by is not None:
+        # The pipe is gone: point stdout at /dev/null so the exit flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    elif stop_by.signal is not None:
+        summary.stopped_by = stop_by.signal
+    return summary
+
+
+def _report(scenario: Scenario, summary: RunSummary, speed: float | None, end: str) -> None:
+    """One line on stderr: what was sent, how long it took, what was dropped."""
+    if summary.stopped_by:
+        how = f"stopped by {summary.stopped_by}"
+    else:
+        how = end if summary.finished else "stopped"
+    pace = f" (x{speed:g})" if speed else ""
+    parts = [
+        f"{PROG} gps: {scenario.name}: {summary.epochs} epochs, "
+        f"{summary.sim_seconds:.1f} s simulated in {summary.wall_seconds:.1f} s{pace}, "
+        f"{summary.odometer_m / 1000:.2f} km, {how}"
+    ]
+    for label, stats in summary.outlets:
+        part = f"{label}: {stats.sent_bytes} B sent, {stats.dropped_bytes} B dropped"
+        if stats.dropped_epochs:
+            part += f" ({stats.dropped_epochs} epochs)"
+        if stats.flushed_backlogs:
+            part += f", {stats.flushed_backlogs} unread backlogs discarded"
+        if label.startswith("tcp"):
+            part += f", {stats.connections} connections"
+        parts.append(part)
+    if summary.resyncs:
+        parts.append(f"{summary.resyncs} late resyncs")
+    with contextlib.suppress(OSError):
+        print("; ".join(parts), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Scenario files: one TOML file drives every simulator of a test drive.
+
+The same file will drive the GPS, ELM327, CAN and IMU simulators, so that all
+of them describe one consistent drive.  Sections for the simulators that do
+not exist yet (``engine``, ``obd``, ``can``, ``imu``, ``events``, ``dtcs``) are
+validated now, so that a file written today stays valid; the GPS simulator
+ignores them.  Unknown keys are errors: a misspelt key silently ignored is a
+test that does not test what its author thinks.  Every error names the key
+(``route.waypoints[3].lat: ...``).  docs/SIMULATORS.md documents every key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tomllib
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from simulators.route import haversine_m
+
+__all__ = [
+    "Can",
+    "Dtc",
+    "Engine",
+    "Event",
+    "Gnss",
+    "Imu",
+    "Obd",
+    "Outage",
+    "Route",
+    "Scenario",
+    "ScenarioError",
+    "Vehicle",
+    "Waypoint",
+    "bundled_scenarios",
+    "load_scenario",
+    "parse_scenario",
+    "scenario_from_dict",
+    "with_gnss",
+]
+
+_MIN_SEGMENT_M = 1.0
+
+Seconds = Annotated[float, Field(ge=0, le=7 * 86400)]
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used; each problem names its key."""
+
+    def __init__(self, origin: str, problems: list[str]) -> None:
+        self.origin = origin
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{origin}: invalid scenario:\n{lines}")
+
+
+class _KeyProblem(ValueError):
+    """Raised inside a validator to point at a key below the model's own."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- GPS now
+
+
+class Vehicle(_Section):
+    """Limits of the vehicle's motion: what keeps the drive physically plausible."""
+
+    max_accel_mps2: float = Field(1.5, gt=0, le=6.0)
+    max_decel_mps2: float = Field(2.0, gt=0, le=10.0)
+    max_lateral_accel_mps2: float = Field(2.0, gt=0, le=8.0)
+    vin: str | None = Field(None, pattern=r"^[A-HJ-NPR-Z0-9]{17}$")
+
+
+class Waypoint(_Section):
+    """A point of the route; ``speed_kmh`` is the speed to drive to the next one."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    speed_kmh: float | None = Field(None, gt=0, le=250)
+    dwell_s: Seconds | None = None
+    name: str = ""
+    alt_m: float | None = Field(None, ge=-500, le=9000)
+    accel_mps2: float | None = Field(None, gt=0, le=6.0)
+    decel_mps2: float | None = Field(None, gt=0, le=10.0)
+
+
+class Route(_Section):
+    """The path as waypoints, driven in order."""
+
+    waypoints: tuple[Waypoint, ...]
+    altitude_m: float = Field(0.0, ge=-500, le=9000)
+    corner_cut_m: float = Field(5.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _drivable(self) -> Route:
+        wps = self.waypoints
+        if len(wps) < 2:
+            raise _KeyProblem("waypoints", f"needs at least 2 waypoints, got {len(wps)}")
+        for i, wp in enumerate(wps[:-1]):
+            if wp.speed_kmh is None:
+                raise _KeyProblem(
+                    f"waypoints[{i}].speed_kmh",
+                    "required on every waypoint but the last (speed to drive to the next one)",
+                )
+            nxt = wps[i + 1]
+            if haversine_m(wp.lat, wp.lon, nxt.lat, nxt.lon) < _MIN_SEGMENT_M:
+                raise _KeyProblem(
+                    f"waypoints[{i + 1}]",
+                    f"less than {_MIN_SEGMENT_M:g} m from waypoints[{i}]; remove the duplicate "
+                    "(use dwell_s for a stop)",
+                )
+        return self
+
+
+class Outage(_Section):
+    """A period without a fix (tunnel, underground car park)."""
+
+    start_s: Seconds
+    duration_s: float = Field(gt=0, le=86400)
+
+
+class Gnss(_Section):
+    """What the receiver reports besides the vehicle's true motion."""
+
+    rate_hz: int = Field(1, ge=1, le=10)
+    talker: Literal["GP", "GN"] = "GP"
+    satellites_used: int = Field(9, ge=4, le=24)
+    satellites_in_view: int = Field(12, ge=4, le=32)
+    hdop: float = Field(0.9, gt=0, le=50)
+    vdop: float | None = Field(None, gt=0, le=50)
+    pdop: float | None = Field(None, gt=0, le=99)
+    geoid_separation_m: float = Field(0.0, ge=-120, le=100)
+    parked_jitter_m: float = Field(0.0, ge=0, le=50)
+    seed: int = Field(0, ge=0)
+    outages: tuple[Outage, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Gnss:
+        if self.satellites_used > self.satellites_in_view:
+            raise _KeyProblem(
+                "satellites_used",
+                f"{self.satellites_used} is more than satellites_in_view "
+                f"({self.satellites_in_view})",
+            )
+        if self.talker == "GP" and self.satellites_used > 12:
+            raise _KeyProblem(
+                "satellites_used", "at most 12 with talker 'GP' (one GSA sentence holds 12)"
+            )
+        return self
+
+    @property
+    def vdop_value(self) -> float:
+        """VDOP as given, else a typical 1.5 x HDOP."""
+        return self.vdop if self.vdop is not None else round(1.5 * self.hdop, 2)
+
+    @property
+    def pdop_value(self) -> float:
+        """PDOP as given, else the root sum of squares of HDOP and VDOP."""
+        if self.pdop is not None:
+            return self.pdop
+        return round(math.hypot(self.hdop, self.vdop_value), 2)
+
+
+# ------------------------------------------------- later simulators (validated, unused)
+
+
+class Engine(_Section):
+    """Engine model for the ELM327 and CAN simulators (not used by GPS)."""
+
+    idle_rpm: int = Field(750, ge=300, le=2000)
+    redline_rpm: int = Field(6000, ge=1500, le=12000)
+    rpm_per_kmh: float = Field(28.0, gt=0, le=200)
+    off_at_stops_longer_than_s: Seconds | None = 120.0
+    coolant_start_c: float = Field(20.0, ge=-40, le=120)
+    coolant_operating_c: float = Field(90.0, ge=40, le=130)
+    fuel_level_start_pct: float = Field(75.0, ge=0, le=100)
+    fuel_l_per_100km: float = Field(9.0, gt=0, le=100)
+    tank_l: float = Field(60.0, gt=0, le=1500)
+
+    @model_validator(mode="after")
+    def _rpm_order(self) -> Engine:
+        if self.idle_rpm >= self.redline_rpm:
+            raise _KeyProblem("idle_rpm", "must be below redline_rpm")
+        return self
+
+
+class Obd(_Section):
+    """ELM327 adapter behaviour (not used by GPS)."""
+
+    elm_version: str = "ELM327 v1.5"
+    protocol: str = Field("6", pattern=r"^[1-9A-C]$")
+    response_delay_ms: float = Field(40.0, ge=0, le=5000)
+    supported_pids: tuple[str, ...] | None = None
+
+    @field_validator("supported_pids")
+    @classmethod
+    def _hex_pids(cls, pids: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for i, pid in enumerate(pids or ()):
+            if len(pid) != 2 or any(c not in "0123456789ABCDEF" for c in pid):
+                raise _KeyProblem(f"[{i}]", f"{pid!r} is not a two-digit upper-case hex PID")
+        return pids
+
+
+class Can(_Section):
+    """CAN bus simulator settings (not used by GPS)."""
+
+    interface: str = "vcan0"
+    bitrate: Literal[125000, 250000, 500000, 1000000] = 500000
+    extended_ids: bool = False
+    background_load_pct: float = Field(0.0, ge=0, le=90)
+
+
+class Imu(_Section):
+    """IMU simulator settings (not used by GPS)."""
+
+    rate_hz: int = Field(50, ge=10, le=1000)
+    accel_noise_mg: float = Field(3.0, ge=0, le=500)
+    gyro_noise_dps: float = Field(0.05, ge=0, le=50)
+    mount_yaw_deg: float = Field(0.0, ge=-180, le=180)
+
+
+class Event(_Section):
+    """A shock the route's kinematics do not contain (for the IMU simulator)."""
+
+    at_s: Seconds
+    kind: Literal["pothole", "speed_bump", "curb_strike", "impact"]
+    peak_g: float = Field(gt=0, le=100)
+    duration_s: float = Field(0.2, gt=0, le=10)
+
+
+class Dtc(_Section):
+    """A diagnostic trouble code that appears (and maybe clears) during the drive."""
+
+    code: str = Field(pattern=r"^[PCBU][0-3][0-9A-F]{3}$")
+    at_s: Seconds
+    cleared_at_s: Seconds | None = None
+    pending: bool = False
+
+    @model_validator(mode="after")
+    def _clears_after(self) -> Dtc:
+        if self.cleared_at_s is not None and self.cleared_at_s <= self.at_s:
+            raise _KeyProblem("cleared_at_s", "must be later than at_s")
+        return self
+
+
+# --------------------------------------------------------------------------- the file
+
+
+class Scenario(_Section):
+    """One test drive: when, where, how fast, and what the devices report."""
+
+    name: str = Field("", max_length=64)
+    description: str = ""
+    start_utc: AwareDatetime
+    vehicle: Vehicle = Vehicle()
+    route: Route
+    gnss: Gnss = Gnss()
+    engine: Engine | None = None
+    obd: Obd | None = None
+    can: Can | None = None
+    imu: Imu | None = None
+    events: tuple[Event, ...] = ()
+    dtcs: tuple[Dtc, ...] = ()
+
+    @field_validator("start_utc")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def bundled_scenarios() -> list[str]:
+    """Names of the scenarios shipped in the package (``simulators/scenarios``)."""
+    folder = resources.files("simulators") / "scenarios"
+    return sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def load_scenario(source: str | os.PathLike[str]) -> Scenario:
+    """Load a scenario from a file path or the name of a bundled scenario."""
+    path = Path(source)
+    if path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(str(path), [f"cannot read: {exc}"]) from None
+        return parse_scenario(text, origin=str(path), default_name=path.stem)
+    name = str(source)
+    if name in bundled_scenarios():
+        text = (resources.files("simulators") / "scenarios" / f"{name}.toml").read_text("utf-8")
+        return parse_scenario(text, origin=f"bundled:{name}", default_name=name)
+    known = ", ".join(bundled_scenarios())
+    raise ScenarioError(name, [f"no such file, and not a bundled scenario ({known})"])
+
+
+def parse_scenario(text: str, origin: str = "<scenario>", default_name: str = "") -> Scenario:
+    """Parse TOML text into a validated scenario."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(origin, [f"not valid TOML: {exc}"]) from None
+    return scenario_from_dict(data, origin, default_name)
+
+
+def scenario_from_dict(
+    data: dict[str, Any], origin: str = "<scenario>", default_name: str = ""
+) -> Scenario:
+    """Validate an already-parsed mapping; errors name the offending key."""
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(origin, [_describe(err) for err in exc.errors()]) from None
+    if not scenario.name and default_name:
+        scenario = scenario.model_copy(update={"name": default_name})
+    return scenario
+
+
+def with_gnss(scenario: Scenario, **changes: Any) -> Scenario:
+    """The scenario with some ``[gnss]`` keys replaced (CLI overrides), re-validated.
+
+    Changes whose value is ``None`` are ignored.  Errors name the key as in a
+    file (``gnss.rate_hz``), so an override is checked exactly like the file.
+    """
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return scenario
+    data = scenario.gnss.model_dump()
+    data.update(changes)
+    try:
+        gnss = Gnss.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe({**e, "loc": ("gnss", *e["loc"])}) for e in exc.errors()]
+        raise ScenarioError(scenario.name or "<scenario>", problems) from None
+    return scenario.model_copy(update={"gnss": gnss})
+
+
+def _describe(err: Any) -> str:
+    """One line for one pydantic error: dotted key, message, the value given."""
+    key = _dotted(err["loc"])
+    ctx = err.get("ctx") or {}
+    cause = ctx.get("error")
+    if isinstance(cause, _KeyProblem):
+        sub = cause.key if cause.key.startswith("[") else f".{cause.key}"
+        return f"{key}{sub}: {cause.message}" if key else f"{cause.key}: {cause.message}"
+    kind = err["type"]
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    given = err.get("input")
+    shown = repr(given)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{key}: {err['msg']} (got {shown})"
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
