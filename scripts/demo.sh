@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TELEMATICS_WITH_GPSD=0 ./scripts/ensure-deps.sh
-exec .venv/bin/python -m simulators.stack "$@"
+exec .venv/bin/telematics-sim demo "$@"

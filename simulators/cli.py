@@ -34,6 +34,11 @@ PROG = "telematics-sim"
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from simulators.stack import main as demo_main
+
+        return demo_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -51,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Device simulators for test drives.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the bundled scenarios")
+    sub.add_parser(
+        "demo", help="the whole chain: simulator -> agent -> mosquitto -> bridge", add_help=False
+    )
     info = sub.add_parser("info", help="distance, duration and stop times of a scenario")
     info.add_argument("scenario", help="scenario file or bundled name")
 
