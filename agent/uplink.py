@@ -200,7 +200,6 @@ class Uplink:
         if reason.is_failure:
             self._note_error(f"broker refused connection: {reason}")
             return
-        client.publish(self._topic("status"), self._birth(), qos=1, retain=True)
         self._call(self._connected)
 
     def _on_disconnect(
@@ -214,6 +213,9 @@ class Uplink:
     # -- loop side ------------------------------------------------------------
 
     def _connected(self) -> None:
+        # The birth reads agent state (outbox, sources), so it is built here on
+        # the loop, never on paho's thread.
+        self._client.publish(self._topic("status"), self._birth(), qos=1, retain=True)
         log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
         self.stats.connected = True
         self.stats.connects += 1
