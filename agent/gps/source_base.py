@@ -1,0 +1,207 @@
+"""What every GPS source is: an endless async stream of ``Fix`` plus a status.
+
+The split follows python-can's ``BusABC`` and its interface modules: this
+module holds the interface (``GpsSource``), the reconnect policy (``Backoff``)
+and the loop shared by the sources that deliver raw NMEA bytes
+(``NmeaByteSource``: serial, TCP, file).  Each concrete module only knows how
+to open its device and read bytes from it; parsing stays in ``agent.gps.nmea``.
+
+Contract of ``fixes()``: it runs until cancelled.  When the device goes away
+it closes, waits (exponential backoff with jitter) and opens again, and
+reports this in ``status()``; it never raises because of what the device
+sends.  (A file source without ``loop`` is the one exception: it ends at EOF.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
+from datetime import date
+from typing import Any, ClassVar
+
+from agent.gps.fix import Fix
+from agent.gps.nmea import NmeaParser
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Delays for reopening a device: ``min_s``, x ``factor`` each failure, capped at ``max_s``.
+
+    Jitter scales each delay down by up to ``jitter`` (0..1) so that many vans
+    that lost the same network server do not all come back in the same second;
+    it never pushes a delay above ``max_s``.  Pure: the randomness comes from
+    the ``rng`` passed in, so tests can fix it.
+    """
+
+    def __init__(
+        self,
+        min_s: float = 0.5,
+        max_s: float = 30.0,
+        factor: float = 2.0,
+        jitter: float = 0.25,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0 < min_s <= max_s:
+            raise ValueError(f"need 0 < min_s <= max_s, got min_s={min_s} max_s={max_s}")
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        if not 0 <= jitter <= 1:
+            raise ValueError(f"jitter must be in 0..1, got {jitter}")
+        self.min_s = min_s
+        self.max_s = max_s
+        self.factor = factor
+        self.jitter = jitter
+        self._rng = rng if rng is not None else random.Random()
+        self._base = min_s
+
+    def next(self) -> float:
+        """The delay before the next attempt; each call grows the following one."""
+        base = self._base
+        self._base = min(self.max_s, base * self.factor)
+        return base * (1.0 - self.jitter * self._rng.random())
+
+    def reset(self) -> None:
+        """Back to ``min_s``: call once a connection has proved healthy (data arrived)."""
+        self._base = self.min_s
+
+
+class GpsSource(ABC):
+    """A GNSS receiver, however it is reached.
+
+    Subclasses set ``kind`` and implement ``fixes()`` (an async generator)
+    and ``target`` (what they open, for status and logs).  The counters below
+    are kept by the subclasses and read by ``status()``.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, *, name: str | None = None, backoff: Backoff | None = None) -> None:
+        self.name = name or f"gps-{self.kind}"
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._connected = False
+        self._connects = 0
+        self._last_error: str | None = None
+        self._bytes_read = 0
+        self._fixes = 0
+
+    @property
+    @abstractmethod
+    def target(self) -> str:
+        """The device path, host:port or file this source reads."""
+
+    @abstractmethod
+    def fixes(self) -> AsyncGenerator[Fix, None]:
+        """Yield fixes until cancelled, reopening the device as needed."""
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able health snapshot for the agent's status report and logs.
+
+        ``reconnects`` counts successful opens after the first one, i.e. how
+        often the device came back after being lost.
+        """
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "target": self.target,
+            "connected": self._connected,
+            "reconnects": max(0, self._connects - 1),
+            "last_error": self._last_error,
+            "bytes_read": self._bytes_read,
+            "fixes": self._fixes,
+            "parser": self._parser_stats(),
+        }
+
+    @abstractmethod
+    def _parser_stats(self) -> dict[str, int]:
+        """Counters of whatever turns this source's bytes into fixes."""
+
+    # -- helpers for subclasses -------------------------------------------------
+
+    def _opened(self) -> None:
+        self._connected = True
+        self._connects += 1
+        log.info("%s: opened %s", self.name, self.target)
+
+    def _lost(self, error: str) -> None:
+        """Record why the device was lost (or could not be opened)."""
+        if error != self._last_error:
+            log.warning("%s: %s: %s", self.name, self.target, error)
+        else:
+            log.debug("%s: %s: %s", self.name, self.target, error)
+        self._connected = False
+        self._last_error = error
+
+    async def _wait_before_retry(self) -> None:
+        await asyncio.sleep(self._backoff.next())
+
+
+def describe(exc: BaseException) -> str:
+    """One line for status: the exception type and its message."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class NmeaByteSource(GpsSource):
+    """The loop shared by sources that deliver raw NMEA bytes.
+
+    A subclass implements ``_chunks()``: an async generator that opens the
+    device, calls ``self._opened()``, yields ``(data, mono)`` chunks as they
+    arrive (``mono`` = ``time.monotonic()`` at arrival), closes the device in
+    its ``finally`` and either returns (EOF) or raises ``OSError`` (device
+    lost).  This class feeds the one ``NmeaParser`` kept for the life of the
+    source (so its stats accumulate), reopens with backoff and keeps status.
+    """
+
+    def __init__(
+        self,
+        *,
+        rollover_floor: date | None = None,
+        name: str | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(name=name, backoff=backoff)
+        self._parser = NmeaParser(rollover_floor=rollover_floor)
+
+    @abstractmethod
+    def _chunks(self) -> AsyncGenerator[tuple[bytes, float], None]:
+        """Open the device and yield ``(bytes, monotonic arrival time)`` until EOF or error."""
+
+    def _parser_stats(self) -> dict[str, int]:
+        return self._parser.stats.as_dict()
+
+    def _reopen_at_eof(self) -> bool:
+        """False for sources that end at EOF instead of reopening (a replayed file)."""
+        return True
+
+    async def fixes(self) -> AsyncGenerator[Fix, None]:
+        while True:
+            healthy = False
+            try:
+                async with contextlib.aclosing(self._chunks()) as chunks:
+                    async for data, mono in chunks:
+                        if not healthy:
+                            healthy = True
+                            self._backoff.reset()
+                        self._bytes_read += len(data)
+                        for fix in self._parser.feed(data, mono):
+                            self._fixes += 1
+                            yield fix
+                reason = "end of stream"
+            except OSError as exc:  # SerialException, ConnectionError, EIO, ENOENT ...
+                reason = describe(exc)
+            finally:
+                self._connected = False
+            # The epoch in progress is complete as far as this connection goes.
+            for fix in self._parser.flush(time.monotonic()):
+                self._fixes += 1
+                yield fix
+            if reason == "end of stream" and not self._reopen_at_eof():
+                return
+            self._lost(reason)
+            await self._wait_before_retry()
