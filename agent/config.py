@@ -213,7 +213,7 @@ _MISSING = object()
 
 def _lookup(data: Any, loc: tuple[int | str, ...]) -> Any:
     for part in loc:
-        if isinstance(data, dict) and part in data:
+        if isinstance(data, dict) and part in data:  # noqa: SIM114 - separate for mypy
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]
