@@ -38,28 +38,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.backoff import Backoff
 from agent.buffer.outbox import Outbox
 from agent.clock import Clock
 from agent.config import MqttConfig
 from agent.messages import MAX_PAYLOAD_BYTES, STREAMS, Stream, batch_json, topic, with_seq
 
 log = logging.getLogger(__name__)
-
-
-def backoff_delays(
-    minimum: float, maximum: float, rng: random.Random, factor: float = 2.0
-) -> Callable[[int], float]:
-    """Delay before attempt n (0-based): exponential, capped, "full jitter".
-
-    Full jitter (uniform between half and the whole step) spreads a fleet's
-    reconnects after an outage instead of synchronising them.
-    """
-
-    def delay(attempt: int) -> float:
-        step = min(maximum, minimum * factor ** min(attempt, 32))
-        return rng.uniform(step / 2, step)
-
-    return delay
 
 
 @dataclass(slots=True)
@@ -103,12 +88,14 @@ class Uplink:
         self.clock = clock
         self._birth = birth
         self._will = will
-        self._delay = backoff_delays(cfg.backoff_min_s, cfg.backoff_max_s, rng or random.Random())
+        rng = rng or random.Random()
+        # One backoff per thread: reconnects (network thread), rejections (loop).
+        self._reconnect = Backoff(cfg.backoff_min_s, cfg.backoff_max_s, jitter=0.5, rng=rng)
+        self._reject = Backoff(cfg.backoff_min_s, cfg.backoff_max_s, jitter=0.5, rng=rng)
         self._ack_timeout_s = ack_timeout_s
         self.stats = UplinkStats()
         self._inflight: dict[int, _InFlight] = {}
         self._cursor: dict[Stream, int] = dict.fromkeys(STREAMS, 0)
-        self._rejections = 0
         self._hold_until = 0.0  # after a broker rejection, wait before re-sending
         self._wake = asyncio.Event()
         self._stop = threading.Event()
@@ -151,7 +138,6 @@ class Uplink:
 
     def _network_thread(self) -> None:
         """Connect, run paho's loop until the link drops, back off, repeat."""
-        attempt = 0
         while not self._stop.is_set():
             try:
                 if self.cfg.protocol == "5":
@@ -164,13 +150,12 @@ class Uplink:
                 while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                     rc = self._client.loop(timeout=0.5)
                 if self.stats.connected_since is not None:
-                    attempt = 0  # the link worked: start the backoff afresh
+                    self._reconnect.reset()  # the link worked: start afresh
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {exc}")
             if self._stop.is_set():
                 break
-            self._stop.wait(self._delay(attempt))
-            attempt += 1
+            self._stop.wait(self._reconnect.next())
         try:
             if self._client.is_connected():
                 # A clean disconnect suppresses the will, so say goodbye ourselves.
@@ -240,10 +225,9 @@ class Uplink:
             self.stats.failed_acks += 1
             self._note_error(f"broker rejected publish on {entry.stream}: {reason}")
             self._cursor[entry.stream] = min(self._cursor[entry.stream], entry.seqs[0] - 1)
-            self._hold_until = time.monotonic() + self._delay(self._rejections)
-            self._rejections += 1
+            self._hold_until = time.monotonic() + self._reject.next()
         else:
-            self._rejections = 0
+            self._reject.reset()
             self.outbox.ack(entry.seqs)
             self.stats.acked_records += len(entry.seqs)
         self._wake.set()

@@ -26,8 +26,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import ClassVar
 
+from agent.backoff import Backoff
 from agent.gps.fix import Fix
-from agent.gps.source_base import Backoff, NmeaByteSource
+from agent.gps.source_base import NmeaByteSource
 
 READ_SIZE = 65536
 

@@ -45,8 +45,9 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from agent.backoff import Backoff
 from agent.gps.fix import Fix, FixMode
-from agent.gps.source_base import Backoff, GpsSource, describe
+from agent.gps.source_base import GpsSource, describe
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from typing import ClassVar
 
 import serial
 
-from agent.gps.source_base import Backoff, NmeaByteSource
+from agent.backoff import Backoff
+from agent.gps.source_base import NmeaByteSource
 
 BAUD_RATES = (4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800)
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+from agent.backoff import Backoff
 from agent.gps.file_source import FileSource
 from agent.gps.gpsd_source import GpsdSource
 from agent.gps.serial_source import SerialSource
-from agent.gps.source_base import Backoff, GpsSource, NmeaByteSource
+from agent.gps.source_base import GpsSource, NmeaByteSource
 from agent.gps.tcp_source import TcpSource
 
 __all__ = [

@@ -15,7 +15,8 @@ from collections.abc import AsyncGenerator
 from datetime import date
 from typing import ClassVar
 
-from agent.gps.source_base import Backoff, NmeaByteSource
+from agent.backoff import Backoff
+from agent.gps.source_base import NmeaByteSource
 
 READ_SIZE = 65536
 

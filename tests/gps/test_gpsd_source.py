@@ -30,9 +30,9 @@ from typing import Any
 
 import pytest
 
+from agent.backoff import Backoff
 from agent.gps.fix import Fix, FixMode
 from agent.gps.gpsd_source import GpsdEpochs, GpsdSource, parse_gpsd_time, tpv_to_fix
-from agent.gps.source_base import Backoff
 from tests.support.procs import stop
 
 LOG = "ublox-zed-f9p-nmea.log"  # 2019: after the 2016 cut-off where Debian's gpsd shifts dates
