@@ -10,6 +10,7 @@ whatever the replay speed.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +18,7 @@ from agent.gps.fix import Fix
 from agent.messages import PositionData
 
 KMH = 1 / 3.6
+SPEEDLESS_WINDOW_S = 10.0
 EARTH_RADIUS_M = 6_371_008.8
 
 
@@ -85,17 +87,47 @@ class PositionSampler:
         self.moving_speed = moving_speed_kmh * KMH
         self.every_fix = every_fix
         self._last: _Last | None = None
+        self._last_time: datetime | None = None
+        self._recent: deque[tuple[datetime, float, float]] = deque()
 
     def feed(self, fix: Fix) -> list[PositionData]:
         if fix.time is None or not fix.has_position:
             return []
+        if fix.time == self._last_time:
+            # The parser re-sends an epoch when its guess of the cycle's last
+            # sentence proves wrong; one point per receiver time is enough.
+            return []
+        self._last_time = fix.time
         assert fix.lat is not None and fix.lon is not None
-        moving = fix.speed is not None and fix.speed >= self.moving_speed
+        moving = self._moving(fix)
         reason = self._reason(fix, moving)
         if reason is None:
             return []
         self._last = _Last(fix.time, fix.lat, fix.lon, fix.course, moving)
         return [position_from_fix(fix, reason)]
+
+    def _moving(self, fix: Fix) -> bool:
+        """Speed over ground against the threshold.
+
+        Receivers that send only GGA/GLL give no speed; then the average
+        speed over the last ``SPEEDLESS_WINDOW_S`` of fixes stands in: over a
+        window that long, metres of parked jitter stay well under walking pace.
+        """
+        assert fix.time is not None and fix.lat is not None and fix.lon is not None
+        if fix.speed is not None:
+            self._recent.clear()
+            return fix.speed >= self.moving_speed
+        recent = self._recent
+        recent.append((fix.time, fix.lat, fix.lon))
+        while (fix.time - recent[0][0]).total_seconds() > SPEEDLESS_WINDOW_S:
+            recent.popleft()
+        t0, lat0, lon0 = recent[0]
+        span = (fix.time - t0).total_seconds()
+        if span < SPEEDLESS_WINDOW_S / 2:
+            # Too short to tell: keep the previous state, and at start-up err
+            # towards sending points rather than losing the first seconds.
+            return self._last.moving if self._last is not None else True
+        return haversine_m(lat0, lon0, fix.lat, fix.lon) / span >= self.moving_speed
 
     def _reason(self, fix: Fix, moving: bool) -> str | None:
         assert fix.time is not None and fix.lat is not None and fix.lon is not None

@@ -68,3 +68,29 @@ def test_every_fix_and_no_fix() -> None:
     assert len([p for i in range(10) for p in s.feed(fix(i / 10))]) == 10
     assert s.feed(Fix(time=T0, mono=0, mode=FixMode.NO_FIX)) == []
     assert s.feed(Fix(time=None, mono=0, mode=FixMode.FIX_3D, lat=1, lon=1)) == []
+
+
+def test_repeated_epoch_time_is_kept_once() -> None:
+    s = PositionSampler(every_fix=True)
+    assert len(s.feed(fix(0))) == 1
+    assert s.feed(fix(0, lat=52.00001)) == []
+    assert len(s.feed(fix(1))) == 1
+
+
+def test_receiver_without_speed_still_counts_as_moving() -> None:
+    """GGA-only receivers: average speed since the last point stands in."""
+    s = PositionSampler(period_s=1.0, heartbeat_s=300)
+    step = 15.0 / 111_195  # 15 m of latitude per second: 54 km/h
+    kept = [p for t in range(11) for p in s.feed(fix(t, lat=52 + t * step, speed=None))]
+    assert len(kept) == 11
+    assert all(p.speed is None for p in kept)
+    # Parked with 2 m of jitter: points until the 10 s window has seen the
+    # stop, the stop point, then silence until the heartbeat.
+    parked = [
+        p
+        for t in range(11, 200)
+        for p in s.feed(fix(t, lat=52 + 10 * step + (t % 2) * 2e-5, speed=None))
+    ]
+    assert 5 <= len(parked) <= 12
+    assert parked[-1].ts <= T0 + timedelta(seconds=25)
+    assert all(p.reason == "periodic" for p in parked)
