@@ -101,6 +101,9 @@ class MqttConfig(_Section):
         10, description="publishes awaiting PUBACK at once"
     )
     batch_max: Annotated[int, Field(ge=1, le=500)] = 50
+    live_lane_after: Annotated[int, Field(ge=0)] = Field(
+        500, description="backlog size above which new records get every other publish"
+    )
     backoff_min_s: PositiveFloat = 1.0
     backoff_max_s: PositiveFloat = 60.0
 

@@ -40,6 +40,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
 from agent.buffer.outbox import Outbox
+from agent.buffer.send_order import SendOrder
 from agent.clock import Clock
 from agent.config import MqttConfig
 from agent.messages import MAX_PAYLOAD_BYTES, STREAMS, Stream, batch_json, topic, with_seq
@@ -95,7 +96,7 @@ class Uplink:
         self._ack_timeout_s = ack_timeout_s
         self.stats = UplinkStats()
         self._inflight: dict[int, _InFlight] = {}
-        self._cursor: dict[Stream, int] = dict.fromkeys(STREAMS, 0)
+        self._order = {s: SendOrder(cfg.live_lane_after) for s in STREAMS}
         self._hold_until = 0.0  # after a broker rejection, wait before re-sending
         self._wake = asyncio.Event()
         self._stop = threading.Event()
@@ -202,6 +203,11 @@ class Uplink:
         # the loop, never on paho's thread.
         self._client.publish(self._topic("status"), self._birth(), qos=1, retain=True)
         log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
+        for stream, order in self._order.items():
+            waiting, newest = self.outbox.waiting(stream, order.cursor)
+            order.link_up(newest, waiting)
+            if order.draining:
+                log.info("%s: %d records waiting; newest data gets a live lane", stream, waiting)
         self.stats.connected = True
         self.stats.connects += 1
         self.stats.connected_since = time.monotonic()
@@ -224,7 +230,7 @@ class Uplink:
             # rows and rewind so they are tried again after the backoff.
             self.stats.failed_acks += 1
             self._note_error(f"broker rejected publish on {entry.stream}: {reason}")
-            self._cursor[entry.stream] = min(self._cursor[entry.stream], entry.seqs[0] - 1)
+            self._order[entry.stream].rewind(entry.seqs[0])
             self._hold_until = time.monotonic() + self._reject.next()
         else:
             self._reject.reset()
@@ -237,28 +243,36 @@ class Uplink:
         self._wake.set()
 
     def _fill_window(self) -> None:
-        """Publish oldest rows, events first, while the window has room."""
+        """Publish while the window has room: events first, then telemetry (see SendOrder)."""
         for stream in ("events", "telemetry"):
+            order = self._order[stream]
             while len(self._inflight) < self.cfg.inflight:
-                rows = self.outbox.next_batch(
-                    stream, self._cursor[stream], self.cfg.batch_max, MAX_PAYLOAD_BYTES - 1024
-                )
+                rows: list[tuple[int, str]] = []
+                for lane, after, up_to in order.lanes():
+                    rows = self.outbox.next_batch(
+                        stream, after, self.cfg.batch_max, MAX_PAYLOAD_BYTES - 1024, up_to
+                    )
+                    if rows:
+                        break
+                    order.exhausted(lane)
                 if not rows:
                     break
-                payload = batch_json(
-                    self.device,
-                    self.outbox.epoch,
-                    self.clock.now(),
-                    [with_seq(body, seq) for seq, body in rows],
-                )
-                info = self._client.publish(self._topic(stream), payload, qos=1)
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    self._note_error(f"publish failed: {mqtt.error_string(info.rc)}")
-                    # paho keeps it queued and sends it after the reconnect.
-                seqs = [seq for seq, _ in rows]
-                self._inflight[info.mid] = _InFlight(stream, seqs, time.monotonic())
-                self._cursor[stream] = seqs[-1]
-                self.stats.publishes += 1
+                self._publish(stream, rows)
+                order.sent(lane, rows[-1][0])
+
+    def _publish(self, stream: Stream, rows: list[tuple[int, str]]) -> None:
+        payload = batch_json(
+            self.device,
+            self.outbox.epoch,
+            self.clock.now(),
+            [with_seq(body, seq) for seq, body in rows],
+        )
+        info = self._client.publish(self._topic(stream), payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # paho keeps it queued and sends it after the reconnect.
+            self._note_error(f"publish failed: {mqtt.error_string(info.rc)}")
+        self._inflight[info.mid] = _InFlight(stream, [seq for seq, _ in rows], time.monotonic())
+        self.stats.publishes += 1
 
     def _expire_stuck(self) -> None:
         """Safety net: a publish unacknowledged for long while connected is re-sent."""
@@ -269,7 +283,7 @@ class Uplink:
         stuck = [m for m, e in self._inflight.items() if now - e.since > self._ack_timeout_s]
         for mid in stuck:
             entry = self._inflight.pop(mid)
-            self._cursor[entry.stream] = min(self._cursor[entry.stream], entry.seqs[0] - 1)
+            self._order[entry.stream].rewind(entry.seqs[0])
         if stuck:
             self._note_error(f"{len(stuck)} publishes unacknowledged for {self._ack_timeout_s}s")
 

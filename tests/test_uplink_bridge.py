@@ -161,6 +161,59 @@ def test_broker_outage_keeps_everything(tmp_path: Path, broker: Mosquitto, bridg
     assert uplink.stats.connects >= 2
 
 
+class TrickleOutbox(Outbox):
+    """A real outbox where new records are committed right after the 2nd PUBACK:
+    on loopback a 600-record backlog drains in ~0.1 s, too fast to race by hand."""
+
+    acks = 0
+
+    def ack(self, seqs: list[int]) -> None:
+        super().ack(seqs)
+        self.acks += 1
+        if self.acks == 2:
+            for i in range(600, 605):
+                self.add("telemetry", position(i))
+            self.commit()
+
+
+def test_long_backlog_does_not_starve_new_data(
+    tmp_path: Path, broker: Mosquitto, bridge: Bridge
+) -> None:
+    outbox = TrickleOutbox(tmp_path / "outbox.sqlite", DEVICE)
+    for i in range(600):
+        outbox.add("telemetry", position(i))
+    outbox.commit()
+    uplink = make_uplink(outbox, broker.port, batch_max=10, inflight=1, live_lane_after=100)
+
+    async def scenario() -> None:
+        async with running(uplink):
+            await until(lambda: bridge.counts["stored"] == 605, 30, "everything")
+
+    asyncio.run(scenario())
+    arrived = [seq for _, _, seq in bridge.store.arrival_order(DEVICE)]
+    assert sorted(arrived) == list(range(1, 606))
+    assert arrived.index(601) < 40  # live data overtook the 600-record backlog
+    backlog = [q for q in arrived if q <= 600]
+    assert backlog == sorted(backlog)  # the backlog itself still drains oldest first
+
+
+def test_short_backlog_drains_strictly_in_order(
+    tmp_path: Path, broker: Mosquitto, bridge: Bridge
+) -> None:
+    outbox = TrickleOutbox(tmp_path / "outbox.sqlite", DEVICE)
+    for i in range(90):
+        outbox.add("telemetry", position(i))
+    outbox.commit()
+    uplink = make_uplink(outbox, broker.port, batch_max=10, inflight=1, live_lane_after=100)
+
+    async def scenario() -> None:
+        async with running(uplink):
+            await until(lambda: bridge.counts["stored"] == 95, 30, "everything")
+
+    asyncio.run(scenario())
+    assert [seq for _, _, seq in bridge.store.arrival_order(DEVICE)] == list(range(1, 96))
+
+
 def test_retained_birth_and_will(tmp_path: Path, broker: Mosquitto) -> None:
     outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
     uplink = make_uplink(outbox, broker.port)

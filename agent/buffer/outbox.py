@@ -164,12 +164,18 @@ class Outbox:
     # -- consuming ---------------------------------------------------------
 
     def next_batch(
-        self, stream: Stream, after_seq: int, limit: int, max_bytes: int
+        self,
+        stream: Stream,
+        after_seq: int,
+        limit: int,
+        max_bytes: int,
+        up_to_seq: int | None = None,
     ) -> list[tuple[int, str]]:
-        """Committed rows of one stream after ``after_seq``, oldest first, size-bounded."""
+        """Committed rows of one stream in (after_seq, up_to_seq], oldest first, size-bounded."""
         rows = self._db.execute(
-            "SELECT seq, body FROM outbox WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (stream, after_seq, limit),
+            "SELECT seq, body FROM outbox WHERE stream = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq LIMIT ?",
+            (stream, after_seq, up_to_seq if up_to_seq is not None else 2**63 - 1, limit),
         ).fetchall()
         out: list[tuple[int, str]] = []
         size = 0
@@ -179,6 +185,14 @@ class Outbox:
                 break
             out.append((int(seq), str(body)))
         return out
+
+    def waiting(self, stream: Stream, after_seq: int) -> tuple[int, int]:
+        """(count, newest seq) of committed rows of a stream after ``after_seq``."""
+        count, newest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM outbox WHERE stream = ? AND seq > ?",
+            (stream, after_seq),
+        ).fetchone()
+        return int(count), int(newest)
 
     def ack(self, seqs: list[int]) -> None:
         """The broker has these: delete them at the next commit."""

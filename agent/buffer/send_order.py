@@ -1,0 +1,58 @@
+"""Which committed rows of a stream go out next: oldest first, with a live lane.
+
+After a short outage the backlog drains strictly oldest first.  After a long
+one (more than ``live_after`` rows waiting when the link comes back), rows
+committed since then get every other publish, so a dispatcher's map shows
+where the van is now while hours of history are still uploading.  Pure: it
+only tracks sequence numbers; agent.uplink asks the outbox for the rows.
+"""
+
+from __future__ import annotations
+
+
+class SendOrder:
+    def __init__(self, live_after: int) -> None:
+        self.live_after = live_after
+        self.cursor = 0  # highest seq handed out by the oldest-first lane
+        self.boundary: int | None = None  # rows above it belong to the live lane
+        self.live_cursor = 0
+        self._live_turn = False
+
+    @property
+    def draining(self) -> bool:
+        return self.boundary is not None
+
+    def link_up(self, newest_seq: int, waiting: int) -> None:
+        """The link (re)connected with ``waiting`` rows queued up to ``newest_seq``."""
+        if self.boundary is None and waiting > self.live_after:
+            self.boundary = newest_seq
+            self.live_cursor = newest_seq
+
+    def lanes(self) -> list[tuple[str, int, int | None]]:
+        """(lane, after_seq, up_to_seq) to try, in order, for the next publish."""
+        if self.boundary is None:
+            return [("oldest", self.cursor, None)]
+        oldest = ("oldest", self.cursor, self.boundary)
+        live = ("live", self.live_cursor, None)
+        return [live, oldest] if self._live_turn else [oldest, live]
+
+    def sent(self, lane: str, last_seq: int) -> None:
+        if lane == "live":
+            self.live_cursor = last_seq
+        else:
+            self.cursor = last_seq
+        self._live_turn = lane == "oldest" and self.boundary is not None
+
+    def exhausted(self, lane: str) -> None:
+        """The oldest lane found nothing up to the boundary: the backlog is out."""
+        if lane == "oldest" and self.boundary is not None:
+            self.cursor = max(self.boundary, self.live_cursor)
+            self.boundary = None
+            self._live_turn = False
+
+    def rewind(self, first_seq: int) -> None:
+        """Rows from ``first_seq`` on must be offered again (rejected or unacknowledged)."""
+        if self.boundary is not None and first_seq > self.boundary:
+            self.live_cursor = min(self.live_cursor, first_seq - 1)
+        else:
+            self.cursor = min(self.cursor, first_seq - 1)

@@ -1,0 +1,53 @@
+"""SendOrder: strict oldest-first after short outages, a live lane after long ones."""
+
+from __future__ import annotations
+
+from agent.buffer.send_order import SendOrder
+
+
+def drain(order: SendOrder, rows: list[int], batch: int) -> list[int]:
+    """Simulate the uplink: take up to ``batch`` rows per publish from the offered lane."""
+    sent: list[int] = []
+    while True:
+        for lane, after, up_to in order.lanes():
+            chunk = [r for r in rows if r > after and (up_to is None or r <= up_to)][:batch]
+            if chunk:
+                break
+            order.exhausted(lane)
+        else:
+            return sent
+        sent += chunk
+        order.sent(lane, chunk[-1])
+
+
+def test_short_backlog_is_strictly_oldest_first() -> None:
+    order = SendOrder(live_after=100)
+    order.link_up(newest_seq=50, waiting=50)
+    assert not order.draining
+    assert drain(order, list(range(1, 61)), 10) == list(range(1, 61))
+
+
+def test_long_backlog_alternates_with_the_newest_rows() -> None:
+    order = SendOrder(live_after=100)
+    order.link_up(newest_seq=1000, waiting=1000)
+    assert order.draining
+    rows = list(range(1, 1041))  # 40 rows arrived after the link came back
+    sent = drain(order, rows, 10)
+    assert sorted(sent) == rows and len(sent) == len(set(sent))
+    assert sent[:20] == [*range(1, 11), *range(1001, 1011)]  # oldest, live, ...
+    assert sent.index(1040) < sent.index(1000)  # the map got live data early
+    assert not order.draining
+    assert order.cursor == 1040
+    more = drain(order, [*rows, 1041, 1042], 10)
+    assert more == [1041, 1042]
+
+
+def test_rewind_goes_to_the_right_lane() -> None:
+    order = SendOrder(live_after=0)
+    order.link_up(newest_seq=100, waiting=100)
+    order.sent("oldest", 30)
+    order.sent("live", 120)
+    order.rewind(111)
+    assert order.live_cursor == 110 and order.cursor == 30
+    order.rewind(21)
+    assert order.cursor == 20
