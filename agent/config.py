@@ -104,6 +104,9 @@ class MqttConfig(_Section):
     live_lane_after: Annotated[int, Field(ge=0)] = Field(
         500, description="backlog size above which new records get every other publish"
     )
+    status_interval_s: PositiveFloat = Field(
+        60.0, description="how often the retained online status (with health) is refreshed"
+    )
     backoff_min_s: PositiveFloat = 1.0
     backoff_max_s: PositiveFloat = 60.0
 

@@ -97,6 +97,7 @@ class Uplink:
         self.stats = UplinkStats()
         self._inflight: dict[int, _InFlight] = {}
         self._order = {s: SendOrder(cfg.live_lane_after) for s in STREAMS}
+        self._status_at = 0.0
         self._hold_until = 0.0  # after a broker rejection, wait before re-sending
         self._wake = asyncio.Event()
         self._stop = threading.Event()
@@ -198,10 +199,14 @@ class Uplink:
 
     # -- loop side ------------------------------------------------------------
 
-    def _connected(self) -> None:
+    def _publish_status(self) -> None:
         # The birth reads agent state (outbox, sources), so it is built here on
         # the loop, never on paho's thread.
         self._client.publish(self._topic("status"), self._birth(), qos=1, retain=True)
+        self._status_at = time.monotonic()
+
+    def _connected(self) -> None:
+        self._publish_status()
         log.info("connected to %s:%d", self.cfg.host, self.cfg.port)
         for stream, order in self._order.items():
             waiting, newest = self.outbox.waiting(stream, order.cursor)
@@ -296,7 +301,10 @@ class Uplink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 self._wake.clear()
-                if self.stats.connected and time.monotonic() >= self._hold_until:
+                now = time.monotonic()
+                if self.stats.connected and now - self._status_at >= self.cfg.status_interval_s:
+                    self._publish_status()
+                if self.stats.connected and now >= self._hold_until:
                     self._expire_stuck()
                     self._fill_window()
         finally:

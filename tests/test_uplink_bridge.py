@@ -216,7 +216,7 @@ def test_short_backlog_drains_strictly_in_order(
 
 def test_retained_birth_and_will(tmp_path: Path, broker: Mosquitto) -> None:
     outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
-    uplink = make_uplink(outbox, broker.port)
+    uplink = make_uplink(outbox, broker.port, status_interval_s=0.2)
     seen: list[str] = []
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="watcher")
     watcher.on_message = lambda c, u, m: seen.append(json.loads(m.payload)["state"])
@@ -226,7 +226,7 @@ def test_retained_birth_and_will(tmp_path: Path, broker: Mosquitto) -> None:
 
     async def scenario() -> None:
         async with running(uplink):
-            await until(lambda: "online" in seen, 10, "birth")
+            await until(lambda: seen.count("online") >= 3, 10, "birth, then refreshes")
 
     asyncio.run(scenario())
     wait_for(lambda: seen[-1:] == ["offline"], 10, "offline status after a clean stop")
