@@ -1,7 +1,7 @@
 """The gpsd source against gpsd itself: its recorded output, and a real gpsd fed by gpsfake.
 
 gpsd and gpsfake come from the Debian packages gpsd and gpsd-clients
-(scripts/ensure-gpsd.sh installs them).  Without them these tests fail with
+(scripts/ensure-deps.sh installs them).  Without them these tests fail with
 that advice; TELEMATICS_SKIP_GPSD=1 turns the failure into a visible skip.
 
 gpsfake starts feeding the log as soon as gpsd has the pty, and gpsd spends
@@ -158,7 +158,7 @@ def gpsd_tools() -> tuple[str, str]:
     if gpsd and gpsfake:
         return gpsd, gpsfake
     msg = (
-        "gpsd/gpsfake not installed: run scripts/ensure-gpsd.sh (apt-get install gpsd gpsd-clients)"
+        "gpsd/gpsfake not installed: run scripts/ensure-deps.sh (apt-get install gpsd gpsd-clients)"
     )
     if os.environ.get("TELEMATICS_SKIP_GPSD") == "1":
         pytest.skip(f"TELEMATICS_SKIP_GPSD=1: {msg}")
