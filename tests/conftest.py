@@ -24,3 +24,23 @@ def shared_data() -> Path:
             pytest.fail(f"real captures required but {SHARED_DATA} is missing")
         pytest.skip(f"real captures not found at {SHARED_DATA} (set TELEMATICS_SHARED_DATA)")
     return SHARED_DATA
+
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures() -> list[str]:
+    """Lines a test measured; printed in a 'figures' section at the end of every run.
+
+    pytest hides the output of passing tests, and the figures an issue asks
+    for (gpsd agreement, records delivered) must be visible in CI's log.
+    """
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

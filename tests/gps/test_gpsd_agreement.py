@@ -228,7 +228,7 @@ def _report(scores: list[LogScore], skipped: list[str]) -> str:
 
 
 @pytest.mark.shared_data
-def test_gpsd_agreement(shared_data: Path, record_property: Any) -> None:
+def test_gpsd_agreement(shared_data: Path, record_property: Any, figures: list[str]) -> None:
     data = shared_data / "gpsd"
     with (data / "index.csv").open(newline="") as fh:
         index = list(csv.DictReader(fh))
@@ -236,6 +236,11 @@ def test_gpsd_agreement(shared_data: Path, record_property: Any) -> None:
     scores = [_score(row["file"], row["kind"], data) for row in index if row["file"] not in skipped]
     report = _report(scores, skipped)
     print("\n" + report)
+    figures.extend(
+        "gpsd agreement: " + line
+        for line in report.splitlines()
+        if line.startswith(("agree", "documented", "logs "))
+    )
     total = sum(s.scored for s in scores)
     agreed = sum(s.agreed for s in scores)
     known = sum(len(s.known) for s in scores)
