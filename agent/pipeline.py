@@ -9,10 +9,16 @@ geofences) plug in here beside the sampler.
 
 from __future__ import annotations
 
+import logging
+
+from pydantic import ValidationError
+
 from agent.config import SamplerConfig
 from agent.gps.fix import Fix
 from agent.gps.sampler import PositionSampler
 from agent.messages import EventData, PositionData, Stream
+
+log = logging.getLogger(__name__)
 
 Output = tuple[Stream, PositionData | EventData]
 
@@ -77,9 +83,17 @@ class Pipeline:
         )
         self.fix_state = FixStateDetector()
         self.fixes = 0
+        self.rejected = 0  # fixes carrying a value no record may hold
 
     def feed_fix(self, fix: Fix) -> list[Output]:
         self.fixes += 1
-        out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
-        out.extend(("telemetry", p) for p in self.sampler.feed(fix))
+        try:
+            out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
+            out.extend(("telemetry", p) for p in self.sampler.feed(fix))
+        except ValidationError as exc:
+            # Garbled input without a checksum can carry anything; count it
+            # and go on: one bad line must never stop the van's reporting.
+            self.rejected += 1
+            log.warning("fix at %s rejected: %s", fix.time, exc.errors()[0]["msg"])
+            return []
         return out

@@ -118,6 +118,7 @@ class Agent:
         return {
             "clock": self.clock.basis,
             "waiting_for_time": len(self._untimed),
+            "rejected_fixes": self.pipeline.rejected,
             "gps": self.source.status(),
             "outbox": {**self.outbox.depth(), "dropped": self.outbox.dropped},
             "outbox_error": self.outbox.last_error,

@@ -63,3 +63,30 @@ def test_records_wait_for_gnss_time_and_are_back_dated(tmp_path: Path) -> None:
     assert agent.health()["clock"] == "gnss"
     assert agent.outbox.next_batch("telemetry", 0, 10, 100_000)[0][0] == 2
     agent.outbox.close()
+
+
+def test_a_fix_no_schema_allows_is_counted_not_fatal(tmp_path: Path) -> None:
+    cfg = parse_config(
+        {
+            "device": {"id": "van-1"},
+            "gps": {"source": "file", "path": str(tmp_path / "none.nmea")},
+            "buffer": {"path": str(tmp_path / "o.sqlite")},
+        },
+        {},
+    )
+    agent = Agent(cfg, gps_source(cfg.gps), clock=Clock("gnss"))
+    agent.handle_fix(Fix(time=GNSS, mono=1.0, mode=FixMode.FIX_3D, lat=95.0, lon=4.0, speed=3.0))
+    assert agent.pipeline.rejected == 1
+    agent.handle_fix(
+        Fix(
+            time=GNSS + timedelta(seconds=1),
+            mono=2.0,
+            mode=FixMode.FIX_3D,
+            lat=52.0,
+            lon=4.0,
+            speed=3.0,
+        )
+    )
+    assert agent.health()["rejected_fixes"] == 1
+    assert agent.outbox.last_seq == 2  # agent_started + the good position
+    agent.outbox.close()

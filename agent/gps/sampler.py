@@ -36,6 +36,11 @@ def heading_delta(a: float, b: float) -> float:
     return 360.0 - d if d > 180.0 else d
 
 
+def _in_range(value: int | None, low: int, high: int) -> int | None:
+    """A receiver's quality figure outside any sane range is unknown, not an error."""
+    return value if value is not None and low <= value <= high else None
+
+
 def position_from_fix(fix: Fix, reason: str) -> PositionData:
     """The record for one fix (caller ensures it has a time and a position)."""
     assert fix.time is not None and fix.lat is not None and fix.lon is not None
@@ -49,8 +54,8 @@ def position_from_fix(fix: Fix, reason: str) -> PositionData:
             "speed": None if fix.speed is None else round(max(fix.speed, 0.0), 2),
             "course": course,
             "mode": 3 if fix.mode >= 3 else 2,
-            "sats": fix.sats_used,
-            "hdop": None if fix.hdop is None else round(fix.hdop, 2),
+            "sats": _in_range(fix.sats_used, 0, 255),
+            "hdop": None if fix.hdop is None or fix.hdop < 0 else round(fix.hdop, 2),
             "reason": reason,
         }
     )

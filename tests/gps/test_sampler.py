@@ -94,3 +94,11 @@ def test_receiver_without_speed_still_counts_as_moving() -> None:
     assert 5 <= len(parked) <= 12
     assert parked[-1].ts <= T0 + timedelta(seconds=25)
     assert all(p.reason == "periodic" for p in parked)
+
+
+def test_insane_quality_figures_become_unknown() -> None:
+    """GGA without a checksum can carry anything; it must not crash the sampler."""
+    s = PositionSampler(every_fix=True)
+    bad = Fix(time=T0, mono=0, mode=FixMode.FIX_3D, lat=52, lon=4, sats_used=300, hdop=-1.0)
+    (p,) = s.feed(bad)
+    assert (p.sats, p.hdop) == (None, None)
