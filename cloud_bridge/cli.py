@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cert", type=Path)
     run.add_argument("--key", type=Path)
     run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--busy-timeout", type=float, default=5.0, help="seconds to wait for a locked database"
+    )
     q = sub.add_parser("query", help="print a device's records in sequence order")
     q.add_argument("--db", type=Path, required=True)
     q.add_argument("--device", required=True)
@@ -59,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         cert=args.cert,
         key=args.key,
     )
-    store = BridgeStore(args.db)
+    store = BridgeStore(args.db, busy_timeout_s=args.busy_timeout)
     bridge = Bridge(store, settings)
     client = bridge.make_client()
     stop = threading.Event()
@@ -72,14 +76,17 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     client.connect_async(settings.host, settings.port, keepalive=30)
     client.loop_start()
+    last_report = time.monotonic()
     try:
-        while not stop.wait(30.0):
-            log.info("counts: %s", dict(bridge.counts))
+        while not stop.wait(0.5) and bridge.fatal is None:
+            if time.monotonic() - last_report >= 30.0:
+                log.info("counts: %s", dict(bridge.counts))
+                last_report = time.monotonic()
     finally:
         client.loop_stop()
         log.info("bridge stopped; counts: %s", dict(bridge.counts))
         store.close()
-    return 0
+    return 1 if bridge.fatal is not None else 0
 
 
 def main(argv: list[str] | None = None) -> int:

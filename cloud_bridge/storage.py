@@ -55,13 +55,13 @@ class StoreResult:
 
 
 class BridgeStore:
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self._db.executescript(_SCHEMA)
 
     def store_batch(self, stream: str, batch: Batch, received_at: float) -> StoreResult:
@@ -80,15 +80,19 @@ class BridgeStore:
             for r in batch.records
         ]
         self._db.execute("BEGIN")
-        before = self._db.total_changes
-        self._db.executemany(
-            "INSERT OR IGNORE INTO records "
-            "(device, epoch, seq, stream, kind, type, ts, body, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
-        stored = self._db.total_changes - before
-        self._db.execute("COMMIT")
+        try:
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO records "
+                "(device, epoch, seq, stream, kind, type, ts, body, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            stored = self._db.total_changes - before
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         return StoreResult(stored=stored, duplicates=len(rows) - stored)
 
     def store_status(self, status: Status, received_at: float) -> None:

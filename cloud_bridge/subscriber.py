@@ -14,6 +14,7 @@ the database before the broker forgets it.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -62,17 +63,28 @@ class Bridge:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.connected = threading.Event()
+        self.fatal: str | None = None  # storage failed: the process must exit
 
     def handle(self, topic: str, payload: bytes, received_at: float | None = None) -> None:
         """Validate and store one message; count what happened to it."""
         now = time.time() if received_at is None else received_at
         with self._lock:
             try:
-                self._handle(topic, payload, now)
-            except Rejected as rej:
-                self.counts[f"rejected.{rej.reason}"] += 1
-                log.warning("rejected message on %r: %s: %s", topic[:120], rej.reason, rej.detail)
-                self.store.store_reject(topic, rej.reason, rej.detail, len(payload), now)
+                try:
+                    self._handle(topic, payload, now)
+                except Rejected as rej:
+                    self.counts[f"rejected.{rej.reason}"] += 1
+                    log.warning(
+                        "rejected message on %r: %s: %s", topic[:120], rej.reason, rej.detail
+                    )
+                    self.store.store_reject(topic, rej.reason, rej.detail, len(payload), now)
+            except sqlite3.Error as exc:
+                # Returning would let paho acknowledge a message we did not
+                # store. Raise instead (no PUBACK) and let the process exit;
+                # the broker keeps the message for our persistent session.
+                self.fatal = f"storage failed: {exc}"
+                log.critical("%s; exiting so the broker redelivers", self.fatal)
+                raise
 
     def _handle(self, topic: str, payload: bytes, now: float) -> None:
         if len(payload) > MAX_PAYLOAD_BYTES:
