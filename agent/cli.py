@@ -95,7 +95,10 @@ def _run(cfg: AgentConfig) -> int:
     logging.basicConfig(
         level=cfg.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    agent = Agent(cfg, gps_source(cfg.gps))
+    try:
+        agent = Agent(cfg, gps_source(cfg.gps))
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"cannot start with this configuration: {exc}") from exc
 
     async def main() -> None:
         task = asyncio.current_task()

@@ -84,6 +84,10 @@ class TlsConfig(_Section):
     def _cert_and_key(self) -> TlsConfig:
         if (self.cert is None) != (self.key is None):
             raise ValueError("mqtt.tls.cert and mqtt.tls.key go together")
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"mqtt.tls.{name}: no readable file at {path}")
         return self
 
 
@@ -109,6 +113,15 @@ class MqttConfig(_Section):
     )
     backoff_min_s: PositiveFloat = 1.0
     backoff_max_s: PositiveFloat = 60.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MqttConfig:
+        if self.backoff_min_s > self.backoff_max_s:
+            raise ValueError(
+                f"mqtt.backoff_min_s ({self.backoff_min_s}) must not exceed "
+                f"mqtt.backoff_max_s ({self.backoff_max_s})"
+            )
+        return self
 
 
 class ClockConfig(_Section):
@@ -197,6 +210,9 @@ def _describe(
     """First error as 'key = value: what is allowed' (more errors are counted)."""
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+    # A cross-key rule (value_error) names its keys itself; its "value" would be
+    # the whole section, secrets included.
+    given_section = err["type"] == "value_error"
     if tuple(loc) in from_env:
         origin = f"environment {from_env[tuple(loc)]}"
     key = ".".join(loc) or "(top level)"
@@ -208,13 +224,19 @@ def _describe(
         what = "required key is missing"
     else:
         what = err["msg"].removeprefix("Value error, ")
-    value = "" if given is _MISSING else f" = {given!r}"
+    if given is _MISSING or err["type"] == "extra_forbidden" or given_section:
+        value = ""  # an unknown key may be a misspelt secret: never echo it
+    elif any(word in key.lower() for word in _SECRET_WORDS):
+        value = " = (hidden)"
+    else:
+        value = f" = {given!r}"
     more = len(exc.errors()) - 1
     tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{origin}: {key}{value}: {what}{tail}"
 
 
 _MISSING = object()
+_SECRET_WORDS = ("pass", "secret", "token")
 
 
 def _lookup(data: Any, loc: tuple[int | str, ...]) -> Any:

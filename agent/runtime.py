@@ -80,7 +80,7 @@ class Agent:
             self.outbox,
             self.clock,
             birth=lambda: self._status("online"),
-            will=self._status("offline"),
+            will=lambda: self._status("offline"),
             rng=rng,
         )
         # Events that happened before any trusted UTC existed: (mono, builder).

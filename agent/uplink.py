@@ -47,6 +47,9 @@ from agent.messages import MAX_PAYLOAD_BYTES, STREAMS, Stream, batch_json, topic
 
 log = logging.getLogger(__name__)
 
+#: A connection that lasted this long resets the reconnect backoff.
+STABLE_LINK_S = 10.0
+
 
 @dataclass(slots=True)
 class _InFlight:
@@ -79,7 +82,7 @@ class Uplink:
         clock: Clock,
         *,
         birth: Callable[[], str],
-        will: str,
+        will: Callable[[], str],
         rng: random.Random | None = None,
         ack_timeout_s: float = 60.0,
     ) -> None:
@@ -127,7 +130,6 @@ class Uplink:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
             client.tls_insecure_set(cfg.tls.insecure)
-        client.will_set(self._topic("status"), self._will, qos=1, retain=True)
         client.max_inflight_messages_set(cfg.inflight)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
@@ -142,6 +144,9 @@ class Uplink:
         """Connect, run paho's loop until the link drops, back off, repeat."""
         while not self._stop.is_set():
             try:
+                # A fresh will for each connect: its ts and last_seq are then
+                # those of this connection, not of the agent's start.
+                self._client.will_set(self._topic("status"), self._will(), qos=1, retain=True)
                 if self.cfg.protocol == "5":
                     self._client.connect(
                         self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True
@@ -149,10 +154,15 @@ class Uplink:
                 else:
                     self._client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
                 rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+                up_since: float | None = None
                 while not self._stop.is_set() and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                     rc = self._client.loop(timeout=0.5)
-                if self.stats.connected_since is not None:
-                    self._reconnect.reset()  # the link worked: start afresh
+                    if up_since is None and self._client.is_connected():
+                        up_since = time.monotonic()
+                if up_since is not None and time.monotonic() - up_since >= STABLE_LINK_S:
+                    # Reset only after a link that held: two devices sharing a
+                    # client id knock each other off at once, and must back off.
+                    self._reconnect.reset()
             except (OSError, ssl.SSLError, ValueError) as exc:
                 self._note_error(f"connect to {self.cfg.host}:{self.cfg.port} failed: {exc}")
             if self._stop.is_set():
@@ -161,7 +171,7 @@ class Uplink:
         try:
             if self._client.is_connected():
                 # A clean disconnect suppresses the will, so say goodbye ourselves.
-                info = self._client.publish(self._topic("status"), self._will, qos=1, retain=True)
+                info = self._client.publish(self._topic("status"), self._will(), qos=1, retain=True)
                 deadline = time.monotonic() + 2.0
                 while not info.is_published() and time.monotonic() < deadline:
                     self._client.loop(timeout=0.1)
@@ -294,6 +304,11 @@ class Uplink:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self.cfg.protocol == "3.1.1":
+            log.warning(
+                "MQTT 3.1.1: a broker acknowledges publishes its ACL refused, and the "
+                "outbox then deletes them; use protocol 5 unless the broker lacks it"
+            )
         thread = threading.Thread(target=self._network_thread, name="mqtt", daemon=True)
         thread.start()
         try:

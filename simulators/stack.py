@@ -121,6 +121,10 @@ class Stack:
             ],
             self.workdir / "bridge.log",
         )
+        # A QoS 1 publish with no subscriber is acknowledged and dropped, so
+        # the agent starts only once the bridge's session is subscribed.
+        log = self.workdir / "bridge.log"
+        wait_for(lambda: "bridge connected" in log.read_text(), 30, "bridge subscribed")
 
     def start_sim(self) -> None:
         args = [

@@ -13,11 +13,18 @@ from tests.support.procs import command
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_example_config_is_valid() -> None:
-    cfg = load_config(REPO / "config" / "agent.example.toml", environ={})
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    example = REPO / "config" / "agent.example.toml"
+    with pytest.raises(
+        ConfigError, match=r"mqtt.tls.ca: no readable file at /etc/telematics/ca.crt"
+    ):
+        load_config(example, environ={})
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    cfg = load_config(example, environ={"TELEMATICS_MQTT__TLS__CA": str(ca)})
     assert cfg.device.id == "van-042"
     assert cfg.mqtt.port == 8883
-    assert cfg.mqtt.tls is not None and cfg.mqtt.tls.ca == Path("/etc/telematics/ca.crt")
+    assert cfg.mqtt.tls is not None and cfg.mqtt.tls.ca == ca
 
 
 def test_environment_overrides_file() -> None:
@@ -39,7 +46,7 @@ def test_password_from_environment_is_secret() -> None:
     ("raw", "env", "expected"),
     [
         ({"mqtt": {"port": "abc"}}, {}, "mqtt.port = 'abc': Input should be a valid integer"),
-        ({"mqtt": {"hots": "x"}}, {}, "mqtt.hots = 'x': unknown key; allowed here: "),
+        ({"mqtt": {"hots": "x"}}, {}, "mqtt.hots: unknown key; allowed here: "),
         ({"gps": {"source": "usb"}}, {}, "gps.source = 'usb': Input should be 'serial'"),
         ({"gps": {"baud": 1234}}, {}, "gps.baud = 1234: Input should be 4800"),
         (
@@ -57,6 +64,31 @@ def test_bad_value_names_key_and_value(raw: dict, env: dict, expected: str) -> N
         parse_config(raw, env, origin="agent.toml")
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "env"),
+    [
+        ({"mqtt": {"pasword": "hunter2"}}, {}),
+        ({"mqtt": {"password": 123456789}}, {}),
+        ({"mqtt": {"password": "hunter2", "backoff_min_s": 120}}, {}),
+        ({}, {"TELEMATICS_MQTT__PASSWD": "hunter2"}),
+    ],
+)
+def test_errors_never_echo_secrets(raw: dict, env: dict) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as err:
+        parse_config({"device": {"id": "v1"}, **raw}, env)
+    assert "hunter2" not in str(err.value) and "123456789" not in str(err.value)
+    assert "mqtt." in str(err.value)
+
+
+def test_backoff_order_and_tls_files_are_checked() -> None:
+    with pytest.raises(ConfigError, match=r"backoff_min_s \(120.0\) must not exceed"):
+        parse_config({"device": {"id": "v1"}, "mqtt": {"backoff_min_s": 120}}, {})
+    with pytest.raises(ConfigError, match=r"mqtt\.tls\.key: no readable file"):
+        parse_config(
+            {"device": {"id": "v1"}, "mqtt": {"tls": {"cert": "/etc/hostname", "key": "/nope"}}}, {}
+        )
 
 
 def test_missing_device_id() -> None:
@@ -94,13 +126,15 @@ def test_cli_invalid_toml_and_missing_file(tmp_path: Path) -> None:
         assert str(path) in proc.stderr
 
 
-def test_cli_check_ok() -> None:
+def test_cli_check_ok(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
     proc = subprocess.run(
         [command("telematics-agent"), "config", "check", str(REPO / "config/agent.example.toml")],
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", "TELEMATICS_MQTT__TLS__CA": str(ca)},
     )
     assert proc.returncode == 0, proc.stderr
     assert "device van-042" in proc.stdout

@@ -88,7 +88,7 @@ def run_uplink(outbox: Outbox, cfg: MqttConfig, until: float) -> Uplink:
         outbox,
         Clock("system", synced=lambda: True),
         birth=lambda: status,
-        will=status,
+        will=lambda: status,
         rng=random.Random(0),
     )
 

@@ -89,7 +89,7 @@ def make_uplink(outbox: Outbox, port: int, **kw: object) -> Uplink:
         outbox,
         clock,
         birth=lambda: status_json("online"),
-        will=status_json("offline"),
+        will=lambda: status_json("offline"),
         rng=random.Random(1),
     )
 

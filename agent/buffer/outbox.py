@@ -21,6 +21,7 @@ AUTOINCREMENT's high-water mark outlives deleted rows.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import sqlite3
 import time
@@ -28,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from agent.messages import STREAMS, Stream
 
@@ -74,6 +76,7 @@ class Outbox:
         self.commit_interval_s = commit_interval_s
         self._mono = mono
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = self._take_lock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -89,6 +92,18 @@ class Outbox:
         self._acked: list[int] = []
         self.dropped = 0  # records lost because the disk refused them for too long
         self.last_error: str | None = None
+
+    def _take_lock(self) -> IO[bytes]:
+        """One process per outbox: two would hand out the same sequence numbers."""
+        lock = (self.path.parent / (self.path.name + ".lock")).open("ab")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise OutboxError(
+                f"outbox {self.path} is in use by another process (is the agent already running?)"
+            ) from None
+        return lock
 
     def _epoch_for(self, device: str) -> str:
         rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
@@ -210,6 +225,7 @@ class Outbox:
     def close(self) -> None:
         self.commit()
         self._db.close()
+        self._lock.close()
 
 
 class _Transaction:

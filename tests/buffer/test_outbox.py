@@ -130,3 +130,11 @@ def test_kill_9_loses_nothing_committed(tmp_path: Path) -> None:
     assert stored[: len(reported)] == reported
     assert stored == list(range(1, len(stored) + 1))  # gap-free
     assert box.add("telemetry", "{}") == stored[-1] + 1
+
+
+def test_second_process_on_the_same_outbox_is_refused(tmp_path: Path) -> None:
+    first = Outbox(tmp_path / "o.sqlite", "van-1")
+    with pytest.raises(OutboxError, match="in use by another process"):
+        Outbox(tmp_path / "o.sqlite", "van-1")
+    first.close()
+    Outbox(tmp_path / "o.sqlite", "van-1").close()  # free again once closed
