@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -35,6 +35,15 @@ DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 EpochId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Seq = Annotated[int, Field(ge=1, le=2**63 - 1)]
 Latitude = Annotated[float, Field(ge=-90.0, le=90.0)]
+
+
+def _utc(ts: datetime) -> datetime:
+    if ts.utcoffset() != timedelta(0):
+        raise ValueError("timestamps are UTC (offset Z or +00:00)")
+    return ts
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Longitude = Annotated[float, Field(ge=-180.0, le=180.0)]
 
 Stream = Literal["telemetry", "events"]
@@ -44,14 +53,14 @@ STREAMS: tuple[Stream, ...] = ("telemetry", "events")
 class _Model(BaseModel):
     """Strict about shape: unknown fields are an error, not silently kept."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PositionData(_Model):
     """One sampled GNSS position, as produced on the device."""
 
     kind: Literal["position"] = "position"
-    ts: AwareDatetime = Field(description="UTC time of the fix (from the receiver)")
+    ts: UtcTime = Field(description="UTC time of the fix (from the receiver)")
     lat: Latitude
     lon: Longitude
     alt: float | None = Field(None, description="metres above mean sea level")
@@ -69,7 +78,7 @@ class EventData(_Model):
     """Something that happened on the device, at a time, maybe at a place."""
 
     kind: Literal["event"] = "event"
-    ts: AwareDatetime = Field(description="UTC time the event happened")
+    ts: UtcTime = Field(description="UTC time the event happened")
     type: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     lat: Latitude | None = None
     lon: Longitude | None = None
@@ -98,7 +107,7 @@ class Batch(_Model):
     v: Literal[1] = SCHEMA_VERSION
     device: DeviceId
     epoch: EpochId = Field(description="new when the device's outbox database is new")
-    sent: AwareDatetime | None = Field(
+    sent: UtcTime | None = Field(
         None, description="UTC when published; null while the device has no trusted time"
     )
     records: Annotated[list[Record], Field(min_length=1, max_length=MAX_BATCH_RECORDS)]
@@ -111,7 +120,7 @@ class Status(_Model):
     device: DeviceId
     state: Literal["online", "offline"]
     epoch: EpochId | None = None
-    ts: AwareDatetime | None = Field(
+    ts: UtcTime | None = Field(
         None, description="UTC when the status was made (the will's is its connect time)"
     )
     version: str | None = None

@@ -270,12 +270,12 @@ class Uplink:
                     if rows:
                         break
                     order.exhausted(lane)
-                if not rows:
+                if not rows or not self._publish(stream, rows):
                     break
-                self._publish(stream, rows)
                 order.sent(lane, rows[-1][0])
 
-    def _publish(self, stream: Stream, rows: list[tuple[int, str]]) -> None:
+    def _publish(self, stream: Stream, rows: list[tuple[int, str]]) -> bool:
+        """Hand one batch to paho; False when paho did not keep it (try again later)."""
         payload = batch_json(
             self.device,
             self.outbox.epoch,
@@ -283,11 +283,15 @@ class Uplink:
             [with_seq(body, seq) for seq, body in rows],
         )
         info = self._client.publish(self._topic(stream), payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            # paho keeps it queued and sends it after the reconnect.
-            self._note_error(f"publish failed: {mqtt.error_string(info.rc)}")
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            # Not kept by paho (e.g. message ids exhausted): the rows stay
+            # unsent and are offered again on the next wake.
+            self._note_error(f"publish not queued: {mqtt.error_string(info.rc)}")
+            return False
+        # NO_CONN: the link dropped just now; paho keeps it and sends it on reconnect.
         self._inflight[info.mid] = _InFlight(stream, [seq for seq, _ in rows], time.monotonic())
         self.stats.publishes += 1
+        return True
 
     def _expire_stuck(self) -> None:
         """Safety net: a publish unacknowledged for long while connected is re-sent."""

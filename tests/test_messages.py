@@ -60,6 +60,8 @@ def test_agent_batch_validates_with_the_bridge_model() -> None:
         lambda d: d["records"][0].update(lat=91),
         lambda d: d["records"][0].update(seq=0),
         lambda d: d["records"][0].update(ts="2026-03-02T08:00:00"),  # naive time
+        lambda d: d["records"][0].update(ts="2026-03-02T08:00:00+14:00"),  # not UTC
+        lambda d: d["records"][0].update(alt=float("inf")),
         lambda d: d["records"][0].update(kind="teleport"),
         lambda d: d.update(records=[]),
     ],

@@ -37,7 +37,9 @@ class SendOrder:
         return [live, oldest] if self._live_turn else [oldest, live]
 
     def sent(self, lane: str, last_seq: int) -> None:
-        if lane == "live":
+        if self.boundary is None:
+            self.cursor = last_seq  # one lane again (the backlog may just have ended)
+        elif lane == "live":
             self.live_cursor = last_seq
         else:
             self.cursor = last_seq

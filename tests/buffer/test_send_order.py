@@ -51,3 +51,18 @@ def test_rewind_goes_to_the_right_lane() -> None:
     assert order.live_cursor == 110 and order.cursor == 30
     order.rewind(21)
     assert order.cursor == 20
+
+
+def test_backlog_ending_mid_turn_sends_no_live_row_twice() -> None:
+    """The oldest lane runs dry and the live lane serves the same publish."""
+    order = SendOrder(live_after=0)
+    order.link_up(newest_seq=10, waiting=10)
+    order.sent("oldest", 10)  # backlog fully out; live turn next
+    lanes = order.lanes()
+    assert [lane for lane, _, _ in lanes] == ["live", "oldest"]
+    order.sent("live", 15)
+    lanes = order.lanes()  # oldest first now: finds nothing up to the boundary
+    order.exhausted(lanes[0][0])
+    order.sent(lanes[1][0], 20)  # the live lane of that same list serves 16..20
+    assert not order.draining
+    assert order.lanes() == [("oldest", 20, None)]
