@@ -91,7 +91,8 @@ class BridgeStore:
             stored = self._db.total_changes - before
             self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLITE_FULL has rolled back already
+                self._db.execute("ROLLBACK")
             raise
         return StoreResult(stored=stored, duplicates=len(rows) - stored)
 

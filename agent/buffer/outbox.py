@@ -238,4 +238,14 @@ class _Transaction:
         self._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        # After some errors (SQLITE_FULL among them) SQLite has already rolled
+        # back; a second ROLLBACK would fail and hide the real error.
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        elif self._db.in_transaction:
+            self._db.execute("ROLLBACK")

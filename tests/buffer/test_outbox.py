@@ -138,3 +138,31 @@ def test_second_process_on_the_same_outbox_is_refused(tmp_path: Path) -> None:
         Outbox(tmp_path / "o.sqlite", "van-1")
     first.close()
     Outbox(tmp_path / "o.sqlite", "van-1").close()  # free again once closed
+
+
+def test_full_disk_keeps_records_and_recovers_without_gaps(tmp_path: Path) -> None:
+    """SQLITE_FULL ("database or disk is full"), produced by SQLite itself via
+    max_page_count: records stay pending, nothing crashes, and once space is
+    back every record lands with gap-free sequence numbers."""
+    box = Outbox(tmp_path / "o.sqlite", "van-1", commit_interval_s=0)
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count = {pages + 2}")
+    body = '{"kind":"position","pad":"' + "x" * 400 + '"}'
+    committed = 0
+    for _ in range(200):
+        box.add("telemetry", body)
+        committed += box.commit()
+        if box.last_error:
+            break
+    assert box.last_error is not None and "full" in box.last_error
+    assert 0 < committed < 200
+    for _ in range(20):  # the van keeps driving while the disk is full
+        box.add("telemetry", body)
+        assert box.commit() == 0
+    pending = box.depth()["uncommitted"]
+    assert pending > 20
+    box._db.execute("PRAGMA max_page_count = 1073741823")  # space freed
+    assert box.commit() == pending
+    assert box.last_error is None
+    seqs = [seq for seq, _ in box.next_batch("telemetry", 0, 10_000, 10**9)]
+    assert seqs == list(range(1, committed + pending + 1))
