@@ -22,7 +22,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
@@ -34,6 +33,7 @@ from agent.backoff import Backoff
 from agent.gps.fix import Fix, FixMode
 from agent.gps.gpsd_source import GpsdEpochs, GpsdSource, parse_gpsd_time, tpv_to_fix
 from tests.support.procs import stop
+from tests.support.running import Running
 
 LOG = "ublox-zed-f9p-nmea.log"  # 2019: after the 2016 cut-off where Debian's gpsd shifts dates
 CYCLE_S = "0.002"  # pause between sentences: one pass of the 1,015-sentence log takes ~2.3 s
@@ -215,42 +215,6 @@ def gpsfake(tmp_path: Path) -> Iterator[GpsFake]:
         for port in ports:
             if ipcrm:
                 subprocess.run([ipcrm, "-M", f"0x4770{port:04X}"], capture_output=True, check=False)
-
-
-class Running:
-    """A source's ``fixes()`` consumed by a task; the test waits on what it collected."""
-
-    def __init__(self, source: GpsdSource) -> None:
-        self.source = source
-        self.fixes: list[Fix] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Running:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        async for fix in self.source.fixes():
-            self.fixes.append(fix)
-
-    async def until(self, cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert self._task is not None
-            if self._task.done():
-                raise AssertionError(f"source ended waiting for {what}") from self._task.exception()
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what}; "
-                    f"{len(self.fixes)} fixes, status {self.source.status()}"
-                )
-            await asyncio.sleep(0.01)
 
 
 def wraps(fixes: list[Fix]) -> list[int]:

@@ -12,11 +12,10 @@ import random
 import select
 import time
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,11 +25,11 @@ from agent.gps.sources import (
     Backoff,
     FileSource,
     GpsdSource,
-    GpsSource,
     SerialSource,
     TcpSource,
     open_source,
 )
+from tests.support.running import Running
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 KNOTS = 1852 / 3600
@@ -88,50 +87,6 @@ def check_epoch(fix: Fix, i: int, step: float = 0.1) -> None:
 
 
 # -- running a source in the background ----------------------------------------------------
-
-
-class Running:
-    """A source's ``fixes()`` consumed by a task; the test waits on what it collected."""
-
-    def __init__(self, source: GpsSource) -> None:
-        self.source = source
-        self.fixes: list[Fix] = []
-        self.done = False
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Running:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._task
-
-    async def _run(self) -> None:
-        async for fix in self.source.fixes():
-            self.fixes.append(fix)
-        self.done = True
-
-    async def until(self, cond: Callable[[], bool], what: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert self._task is not None
-            if self._task.done() and self._task.exception() is not None:
-                raise AssertionError(f"source died waiting for {what}") from self._task.exception()
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout} s waiting for {what}; "
-                    f"{len(self.fixes)} fixes, status {self.source.status()}"
-                )
-            await asyncio.sleep(0.005)
-
-    def status(self) -> dict[str, Any]:
-        return self.source.status()
-
-
-# -- backoff ------------------------------------------------------------------------------
 
 
 def test_backoff_grows_to_cap_and_resets() -> None:
