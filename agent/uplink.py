@@ -85,6 +85,7 @@ class Uplink:
         will: Callable[[], str],
         rng: random.Random | None = None,
         ack_timeout_s: float = 60.0,
+        tick_s: float = 1.0,
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -97,6 +98,7 @@ class Uplink:
         self._reconnect = Backoff(cfg.backoff_min_s, cfg.backoff_max_s, jitter=0.5, rng=rng)
         self._reject = Backoff(cfg.backoff_min_s, cfg.backoff_max_s, jitter=0.5, rng=rng)
         self._ack_timeout_s = ack_timeout_s
+        self._tick_s = tick_s
         self.stats = UplinkStats()
         self._inflight: dict[int, _InFlight] = {}
         self._order = {s: SendOrder(cfg.live_lane_after) for s in STREAMS}
@@ -317,8 +319,12 @@ class Uplink:
         thread.start()
         try:
             while True:
+                # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a
+                # cancel() that lands while the wake completes (a PUBACK as the
+                # agent stops), and the agent never stopped (seen in CI).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(self._tick_s):
+                        await self._wake.wait()
                 self._wake.clear()
                 now = time.monotonic()
                 if self.stats.connected and now - self._status_at >= self.cfg.status_interval_s:

@@ -276,3 +276,31 @@ def test_bridge_rejects_and_counts_bad_payloads(tmp_path: Path) -> None:
         "wrong_stream": 1,
     }
     assert [r["seq"] for r in store.records("van-7")] == [1]
+
+
+def test_cancel_always_stops_the_uplink(tmp_path: Path) -> None:
+    """Shutdown must never hang. On Python 3.11 asyncio.wait_for swallows a
+    cancel() that lands while its inner wait completes: a PUBACK waking the
+    uplink as the agent stops. A CI run hung on exactly that."""
+    outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
+    rng = random.Random(5)
+
+    async def scenario() -> None:
+        for _ in range(150):
+            uplink = Uplink(
+                MqttConfig(host="127.0.0.1", port=1, backoff_min_s=5, backoff_max_s=5),
+                DEVICE,
+                outbox,
+                Clock("system", synced=lambda: True),
+                birth=lambda: status_json("online"),
+                will=lambda: status_json("offline"),
+                tick_s=0.01,
+            )
+            task = asyncio.create_task(uplink.run())
+            await asyncio.sleep(rng.uniform(0.005, 0.03))
+            uplink.wake()  # e.g. a PUBACK arriving in the same loop iteration
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=10)
+            assert done, "uplink ignored cancel()"
+
+    asyncio.run(scenario())
