@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                     {"devices": store.summary(), "rejected": store.reject_counts()}, indent=2
                 )
             )
+    except BrokenPipeError:
+        # `query ... | head`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         store.close()
     return 0

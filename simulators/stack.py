@@ -280,7 +280,15 @@ def run_demo(
         stack.wait_delivered(60)
     finally:
         stack.stop()
-    out(json.dumps(stack.summary(), indent=2))
+    s = stack.summary()
+    held = s["records"]
+    out(
+        f"\nThe bridge holds {held.get('position', 0)} positions and {held.get('event', 0)} events "
+        f"from {s['device']} ({s['first_fix']} .. {s['last_fix']}); sequence "
+        f"{s['seq_range']}, {s['missing_seqs']} missing, {s['duplicates_stored']} duplicates, "
+        f"{sum(s['rejected'].values())} payloads rejected."
+    )
+    out(json.dumps(s, indent=2))
     out(f"logs: {workdir}/agent.log, bridge.log, sim.log; bridge database {stack.bridge_db}")
     out(f"try: telematics-bridge query --db {stack.bridge_db} --device {stack.device} | head")
     return 0

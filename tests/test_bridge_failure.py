@@ -71,3 +71,33 @@ def test_storage_failure_exits_and_the_message_is_redelivered(tmp_path: Path) ->
     finally:
         bridge.stop()
         broker.kill()
+
+
+def test_query_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    """`telematics-bridge query ... | head` must not end in a traceback."""
+    import subprocess
+
+    from cloud_bridge.storage import BridgeStore
+    from cloud_bridge.subscriber import Bridge, BridgeSettings
+
+    db = tmp_path / "b.sqlite"
+    bridge = Bridge(BridgeStore(db), BridgeSettings())
+    for seq in range(1, 3001):
+        bridge.handle(
+            "fleet/van-9/telemetry",
+            (
+                f'{{"v":1,"device":"van-9","epoch":"{EPOCH}","sent":null,'
+                f'"records":[{{"seq":{seq},{position(seq)[1:]}]}}'
+            ).encode(),
+        )
+    assert bridge.counts["stored"] == 3000
+    proc = subprocess.Popen(
+        [command("telematics-bridge"), "query", "--db", str(db), "--device", "van-9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b'"seq":1' in proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(30) == 0
+    assert b"Traceback" not in proc.stderr.read()
