@@ -3,6 +3,8 @@
     telematics-sim list
     telematics-sim info SCENARIO
     telematics-sim gps --scenario S (--pty | --tcp PORT | --out FILE) [options]
+    telematics-sim zones --scenario S [--format geojson|zoneset|toml]
+    telematics-sim truth --scenario S [--duration SEC] [--loop]
 
 Scripts read the first stdout line (the pty path, or the TCP port) and then
 talk to the device; the one-line summary goes to stderr at the end.  Exit
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from types import FrameType
 
@@ -26,6 +29,7 @@ from simulators.gps_device import GpsDevice, Outlet, PtyOutlet, RunSummary, TcpO
 from simulators.nmea_out import EncodedEpoch, iter_epochs
 from simulators.route import build_drive
 from simulators.scenario import Scenario, ScenarioError, bundled_scenarios, load_scenario, with_gnss
+from simulators.truth import zone_visits, zones_geojson, zones_toml, zoneset
 
 __all__ = ["main"]
 
@@ -46,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "info":
             return _info(load_scenario(args.scenario))
+        if args.command == "zones":
+            return _zones(load_scenario(args.scenario), args.format)
+        if args.command == "truth":
+            return _truth(parser, args)
         return _gps(parser, args)
     except ScenarioError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -76,6 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     gps.add_argument("--duration", type=_positive, metavar="SEC", help="stop after SEC simulated")
     gps.add_argument("--loop", action="store_true", help="repeat the route (needs --duration)")
+
+    zones = sub.add_parser("zones", help="print the scenario's geofence zones")
+    zones.add_argument("--scenario", required=True, help="scenario file or bundled name")
+    zones.add_argument(
+        "--format",
+        choices=("geojson", "zoneset", "toml"),
+        default="geojson",
+        help="GeoJSON FeatureCollection (default), zone set as JSON, or zone set as TOML",
+    )
+    truth = sub.add_parser("truth", help="true zone visits as JSON lines")
+    truth.add_argument("--scenario", required=True, help="scenario file or bundled name")
+    truth.add_argument(
+        "--duration", type=_positive, metavar="SEC", help="period in simulated seconds"
+    )
+    truth.add_argument("--loop", action="store_true", help="repeat the route (needs --duration)")
     return parser
 
 
@@ -121,6 +144,37 @@ def _info(scenario: Scenario) -> int:
             f"dwell {stop.depart_s - stop.arrive_s:5.0f}s  {stop.name}"
         )
     return 0
+
+
+def _zones(scenario: Scenario, fmt: str) -> int:
+    if fmt == "toml":
+        text = zones_toml(scenario)
+    else:
+        data = zones_geojson(scenario) if fmt == "geojson" else zoneset(scenario)
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    _emit([text])
+    return 0
+
+
+def _truth(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.loop and args.duration is None:
+        parser.error("truth with --loop needs --duration (the drive would never end)")
+    scenario = load_scenario(args.scenario)
+    visits = zone_visits(scenario, duration_s=args.duration, loop=args.loop)
+    _emit(json.dumps(v.to_json(), ensure_ascii=False) + "\n" for v in visits)
+    return 0
+
+
+def _emit(chunks: Iterable[str]) -> None:
+    """Write to stdout; a reader that hangs up early (``| head``) is not an error."""
+    try:
+        for chunk in chunks:
+            sys.stdout.write(chunk)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def _clock(seconds: float) -> str:

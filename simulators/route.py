@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
@@ -43,7 +44,9 @@ __all__ = [
     "haversine_m",
     "initial_bearing_deg",
     "interpolate",
+    "local_xy_m",
     "offset_m",
+    "point_in_ring",
     "state_at",
 ]
 
@@ -102,6 +105,29 @@ def offset_m(lat: float, lon: float, north_m: float, east_m: float) -> tuple[flo
     dlat = math.degrees(north_m / EARTH_RADIUS_M)
     dlon = math.degrees(east_m / (EARTH_RADIUS_M * max(1e-9, math.cos(math.radians(lat)))))
     return lat + dlat, (lon + dlon + 180.0) % 360.0 - 180.0
+
+
+def local_xy_m(lat0: float, lon0: float, lat: float, lon: float) -> tuple[float, float]:
+    """(east, north) metres of a point from an origin (equirectangular; fine below ~10 km)."""
+    dlon = (lon - lon0 + 180.0) % 360.0 - 180.0
+    east = math.radians(dlon) * EARTH_RADIUS_M * math.cos(math.radians((lat + lat0) / 2))
+    return east, math.radians(lat - lat0) * EARTH_RADIUS_M
+
+
+def point_in_ring(x: float, y: float, ring: Sequence[tuple[float, float]]) -> bool:
+    """Whether (x, y) is inside the ring of (x, y) points (even-odd rule; closing optional).
+
+    With ``[lon, lat]`` rings the test is the same as on a local projection
+    (scaling an axis does not change which side of an edge a point is on).
+    """
+    inside = False
+    n = len(ring)
+    for k in range(n):
+        x1, y1 = ring[k]
+        x2, y2 = ring[(k + 1) % n]
+        if (y1 > y) != (y2 > y) and x < x1 + (y - y1) * (x2 - x1) / (y2 - y1):
+            inside = not inside
+    return inside
 
 
 def _signed_turn(course_in: float, course_out: float) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from datetime import UTC, datetime
 from importlib import resources
@@ -29,10 +30,12 @@ from pydantic import (
     model_validator,
 )
 
-from simulators.route import haversine_m
+from simulators.route import haversine_m, point_in_ring
 
 __all__ = [
+    "DEFAULT_ZONE_DWELL_S",
     "Can",
+    "CircleShape",
     "Dtc",
     "Engine",
     "Event",
@@ -40,11 +43,14 @@ __all__ = [
     "Imu",
     "Obd",
     "Outage",
+    "PolygonShape",
     "Route",
     "Scenario",
     "ScenarioError",
     "Vehicle",
     "Waypoint",
+    "Zone",
+    "ZoneShape",
     "bundled_scenarios",
     "load_scenario",
     "parse_scenario",
@@ -53,6 +59,7 @@ __all__ = [
 ]
 
 _MIN_SEGMENT_M = 1.0
+DEFAULT_ZONE_DWELL_S = 30.0  # a zone without dwell_s: inside this long counts as a dwell
 
 Seconds = Annotated[float, Field(ge=0, le=7 * 86400)]
 
@@ -103,6 +110,7 @@ class Waypoint(_Section):
     alt_m: float | None = Field(None, ge=-500, le=9000)
     accel_mps2: float | None = Field(None, gt=0, le=6.0)
     decel_mps2: float | None = Field(None, gt=0, le=10.0)
+    zone_radius_m: float | None = Field(None, gt=0, le=5000)
 
 
 class Route(_Section):
@@ -117,6 +125,12 @@ class Route(_Section):
         wps = self.waypoints
         if len(wps) < 2:
             raise _KeyProblem("waypoints", f"needs at least 2 waypoints, got {len(wps)}")
+        for i, wp in enumerate(wps):
+            if wp.zone_radius_m is not None and wp.dwell_s is None:
+                raise _KeyProblem(
+                    f"waypoints[{i}].zone_radius_m",
+                    "only on a stop (a waypoint with dwell_s): the zone is centred on the stop",
+                )
         for i, wp in enumerate(wps[:-1]):
             if wp.speed_kmh is None:
                 raise _KeyProblem(
@@ -180,6 +194,108 @@ class Gnss(_Section):
         if self.pdop is not None:
             return self.pdop
         return round(math.hypot(self.hdop, self.vdop_value), 2)
+
+
+# --------------------------------------------------------------------------- zones
+
+
+def _point(value: Any) -> tuple[float, float]:
+    """One ``[lon, lat]`` pair, checked; raises ValueError with the reason."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"a point is [lon, lat], two numbers (got {value!r})")
+    lon, lat = value
+    for v in (lon, lat):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ValueError(f"a point is [lon, lat], two numbers (got {value!r})")
+    if not -180 <= lon <= 180:
+        raise ValueError(f"longitude {lon} is outside -180..180 (points are [lon, lat])")
+    if not -90 <= lat <= 90:
+        raise ValueError(f"latitude {lat} is outside -90..90 (points are [lon, lat])")
+    return float(lon), float(lat)
+
+
+def _ring(value: Any, key: str) -> tuple[tuple[float, float], ...]:
+    """A linear ring of ``[lon, lat]`` points: at least 3 distinct, closing optional."""
+    if not isinstance(value, list | tuple):
+        raise _KeyProblem(key, "must be an array of [lon, lat] points")
+    points = []
+    for j, item in enumerate(value):
+        try:
+            points.append(_point(item))
+        except ValueError as exc:
+            raise _KeyProblem(f"{key}[{j}]", str(exc)) from None
+    distinct = points[:-1] if len(points) > 1 and points[0] == points[-1] else points
+    if len(set(distinct)) < 3:
+        raise _KeyProblem(key, f"needs at least 3 distinct points, got {len(set(distinct))}")
+    return tuple(points)
+
+
+class CircleShape(_Section):
+    """A circle: centre and radius in metres (great-circle distance)."""
+
+    type: Literal["circle"]
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_m: float = Field(gt=0, le=100_000)
+
+
+class PolygonShape(_Section):
+    """A polygon of ``[lon, lat]`` points (GeoJSON order), with optional holes."""
+
+    type: Literal["polygon"]
+    outer: tuple[tuple[float, float], ...]
+    holes: tuple[tuple[tuple[float, float], ...], ...] = ()
+
+    @field_validator("outer", mode="before")
+    @classmethod
+    def _outer_ring(cls, value: Any) -> tuple[tuple[float, float], ...]:
+        return _ring(value, "")
+
+    @field_validator("holes", mode="before")
+    @classmethod
+    def _hole_rings(cls, value: Any) -> tuple[tuple[tuple[float, float], ...], ...]:
+        if not isinstance(value, list | tuple):
+            raise _KeyProblem("", "must be an array of rings")
+        return tuple(_ring(ring, f"[{i}]") for i, ring in enumerate(value))
+
+    @model_validator(mode="after")
+    def _holes_inside(self) -> PolygonShape:
+        for i, hole in enumerate(self.holes):
+            for j, (lon, lat) in enumerate(hole):
+                if not point_in_ring(lon, lat, self.outer):
+                    raise _KeyProblem(f"holes[{i}][{j}]", "hole point is not inside the outer ring")
+        return self
+
+
+ZoneShape = Annotated[CircleShape | PolygonShape, Field(discriminator="type")]
+
+
+class Zone(_Section):
+    """A geofence zone, in the shape of the agent's zone set (``agent/geofence``)."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str = ""
+    tags: tuple[str, ...] = ()
+    shape: ZoneShape
+    dwell_s: float | None = Field(None, gt=0, le=86400)
+    speed_limit_kmh: float | None = Field(None, gt=0, le=250)
+
+    @property
+    def dwell_threshold_s(self) -> float:
+        """Seconds inside that count as a dwell: ``dwell_s``, else 30 s."""
+        return self.dwell_s if self.dwell_s is not None else DEFAULT_ZONE_DWELL_S
+
+
+def _stop_zones(route: Route) -> list[tuple[int, Zone]]:
+    """The circle zones that stops ask for with ``zone_radius_m``: (waypoint, zone)."""
+    out = []
+    for i, wp in enumerate(route.waypoints):
+        if wp.zone_radius_m is None:
+            continue
+        shape = CircleShape(type="circle", lat=wp.lat, lon=wp.lon, radius_m=wp.zone_radius_m)
+        zone_id = re.sub(r"[^A-Za-z0-9_.:-]+", "-", wp.name).strip("-")[:64] or f"stop-{i}"
+        out.append((i, Zone(id=zone_id, name=wp.name or f"stop {i}", tags=("stop",), shape=shape)))
+    return out
 
 
 # ------------------------------------------------- later simulators (validated, unused)
@@ -282,11 +398,32 @@ class Scenario(_Section):
     imu: Imu | None = None
     events: tuple[Event, ...] = ()
     dtcs: tuple[Dtc, ...] = ()
+    zones: tuple[Zone, ...] = ()
 
     @field_validator("start_utc")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
         return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _unique_zone_ids(self) -> Scenario:
+        seen: dict[str, str] = {}
+        keyed = [(f"zones[{i}].id", z) for i, z in enumerate(self.zones)]
+        keyed += [(f"route.waypoints[{i}].zone_radius_m", z) for i, z in _stop_zones(self.route)]
+        for key, zone in keyed:
+            if zone.id in seen:
+                raise _KeyProblem(
+                    key,
+                    f"zone id {zone.id!r} is already used by {seen[zone.id]} "
+                    "(a stop's zone takes the stop's name, else stop-N)",
+                )
+            seen[zone.id] = key
+        return self
+
+    @property
+    def all_zones(self) -> tuple[Zone, ...]:
+        """The ``[[zones]]`` of the file, then one circle per stop with ``zone_radius_m``."""
+        return self.zones + tuple(z for _i, z in _stop_zones(self.route))
 
 
 # --------------------------------------------------------------------------- loading
@@ -362,7 +499,7 @@ def _describe(err: Any) -> str:
     ctx = err.get("ctx") or {}
     cause = ctx.get("error")
     if isinstance(cause, _KeyProblem):
-        sub = cause.key if cause.key.startswith("[") else f".{cause.key}"
+        sub = cause.key if not cause.key or cause.key.startswith("[") else f".{cause.key}"
         return f"{key}{sub}: {cause.message}" if key else f"{cause.key}: {cause.message}"
     kind = err["type"]
     if kind == "missing":
@@ -378,6 +515,11 @@ def _describe(err: Any) -> str:
 
 def _dotted(loc: tuple[str | int, ...]) -> str:
     out = ""
+    previous: str | int | None = None
     for part in loc:
+        if previous == "shape" and part in ("circle", "polygon"):
+            previous = part
+            continue  # pydantic's union tag, not a key of the file
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        previous = part
     return out

@@ -21,7 +21,7 @@ def test_list_names_the_bundled_scenarios(capsys: pytest.CaptureFixture[str]) ->
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()]
-    assert names == ["highway", "urban_delivery"]
+    assert names == ["highway", "parked_drift", "urban_20_stops", "urban_delivery"]
     assert "km" in out and "5 stops" in out
 
 
