@@ -18,7 +18,8 @@ from typing import TextIO
 
 from agent import __version__
 from agent.buffer.outbox import OutboxError
-from agent.config import AgentConfig, ConfigError, SamplerConfig, load_config
+from agent.config import AgentConfig, ConfigError, GeofenceConfig, SamplerConfig, load_config
+from agent.geofence.model import ZoneError as ZoneFileError
 from agent.messages import batch_json, record_body, with_seq
 
 EXIT_CONFIG = 2
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="run the pipeline on a recording, print what it would send")
     rp.add_argument("--nmea", type=Path, required=True, help="recorded NMEA 0183 file")
     rp.add_argument("--every-fix", action="store_true", help="one position per fix, sampler off")
+    rp.add_argument(
+        "--zones", type=Path, help="geofences: GeoJSON FeatureCollection or zone-set JSON/TOML"
+    )
     rp.add_argument("--config", "-c", type=Path, help="take device id and sampler settings here")
     rp.add_argument(
         "--device", default=None, help="device id to print (default: config or 'replay')"
@@ -68,6 +72,8 @@ def replay(
     sampler: SamplerConfig,
     every_fix: bool,
     rollover_floor: date | None,
+    zones: Path | None = None,
+    geofence: GeofenceConfig | None = None,
 ) -> int:
     """Print, as JSON lines, the payloads the live agent would publish for a recording.
 
@@ -75,11 +81,15 @@ def replay(
     the live agent sends them one commit window at a time.  The epoch is
     derived from the file's content so the output is reproducible.
     """
+    from agent.geofence.model import load_zone_file
     from agent.gps.nmea import iter_file_fixes
-    from agent.pipeline import Pipeline
+    from agent.pipeline import Pipeline, geofence_detector
 
     epoch = hashlib.sha256(nmea.read_bytes()).hexdigest()[:32]
-    pipeline = Pipeline(sampler, every_fix=every_fix)
+    detector = None
+    if zones is not None:
+        detector = geofence_detector(geofence or GeofenceConfig(), load_zone_file(zones))
+    pipeline = Pipeline(sampler, every_fix=every_fix, geofence=detector)
     seq = 0
     for fix in iter_file_fixes(nmea, rollover_floor=rollover_floor):
         for stream, record in pipeline.feed_fix(fix):
@@ -128,10 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                 sampler=cfg.sampler if cfg else SamplerConfig(),
                 every_fix=args.every_fix,
                 rollover_floor=floor,
+                zones=args.zones,
+                geofence=cfg.geofence if cfg else None,
             )
         assert cfg is not None
         return _run(cfg)
-    except (ConfigError, OutboxError) as exc:
+    except (ConfigError, OutboxError, ZoneFileError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except BrokenPipeError:

@@ -124,6 +124,22 @@ class MqttConfig(_Section):
         return self
 
 
+class GeofenceConfig(_Section):
+    zones_file: Path | None = Field(
+        None, description="GeoJSON FeatureCollection or zone-set JSON; a pushed config replaces it"
+    )
+    default_dwell_s: PositiveFloat = 30.0
+    uere_m: PositiveFloat = 5.0
+    min_margin_m: Annotated[float, Field(ge=0)] = 5.0
+    min_side_s: Annotated[float, Field(ge=0)] = 3.0
+    max_hdop: PositiveFloat = 5.0
+    approach: bool = Field(
+        False, description="geofence_approach events; off by default: noisy with dense zone sets"
+    )
+    approach_m: PositiveFloat = 1000.0
+    approach_s: PositiveFloat = 300.0
+
+
 class ClockConfig(_Section):
     source: Literal["auto", "system", "gnss"] = Field(
         "auto",
@@ -141,6 +157,7 @@ class AgentConfig(_Section):
     sampler: SamplerConfig = SamplerConfig()
     buffer: BufferConfig = BufferConfig()
     mqtt: MqttConfig = MqttConfig()
+    geofence: GeofenceConfig = GeofenceConfig()
     clock: ClockConfig = ClockConfig()
     log: LogConfig = LogConfig()
 

@@ -131,6 +131,34 @@ class Status(_Model):
     health: dict[str, Any] = Field(default_factory=dict)
 
 
+class DesiredConfig(_Model):
+    """Retained on ``config`` (cloud -> device): what the device should run.
+
+    Versioned: the device applies a version higher than the one it runs,
+    answers on ``cmd/result`` either way, and keeps the previous set when a
+    new one is invalid.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    version: Annotated[int, Field(ge=1)]
+    geofences: Annotated[list[dict[str, Any]], Field(max_length=10_000)] | None = Field(
+        None, description="zones (docs/GEOFENCES.md); absent = keep the current set"
+    )
+
+
+class CommandResult(_Model):
+    """Published on ``cmd/result`` (device -> cloud): the outcome of a config or command."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    device: DeviceId
+    ts: UtcTime | None = None
+    kind: Literal["config"]
+    version: int
+    status: Literal["applied", "unchanged", "rejected"]
+    reason: str | None = None
+    running_version: int = Field(description="the config version the device now runs")
+
+
 def record_body(record: PositionData | EventData) -> str:
     """Compact JSON of a record without its seq, as the outbox stores it."""
     return record.model_dump_json(exclude_none=True)
@@ -176,8 +204,15 @@ def json_schema() -> dict[str, Any]:
         "$defs": {
             "Batch": Batch.model_json_schema(mode="serialization"),
             "Status": Status.model_json_schema(mode="serialization"),
+            "DesiredConfig": DesiredConfig.model_json_schema(mode="serialization"),
+            "CommandResult": CommandResult.model_json_schema(mode="serialization"),
         },
-        "oneOf": [{"$ref": "#/$defs/Batch"}, {"$ref": "#/$defs/Status"}],
+        "oneOf": [
+            {"$ref": "#/$defs/Batch"},
+            {"$ref": "#/$defs/Status"},
+            {"$ref": "#/$defs/DesiredConfig"},
+            {"$ref": "#/$defs/CommandResult"},
+        ],
     }
 
 

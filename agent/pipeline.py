@@ -13,7 +13,9 @@ import logging
 
 from pydantic import ValidationError
 
-from agent.config import SamplerConfig
+from agent.config import GeofenceConfig, SamplerConfig
+from agent.geofence.detector import GeofenceDetector
+from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix
 from agent.gps.sampler import PositionSampler
 from agent.messages import EventData, PositionData, Stream
@@ -71,7 +73,13 @@ class FixStateDetector:
 
 
 class Pipeline:
-    def __init__(self, sampler: SamplerConfig | None = None, *, every_fix: bool = False) -> None:
+    def __init__(
+        self,
+        sampler: SamplerConfig | None = None,
+        *,
+        every_fix: bool = False,
+        geofence: GeofenceDetector | None = None,
+    ) -> None:
         cfg = sampler or SamplerConfig()
         self.sampler = PositionSampler(
             period_s=cfg.period_s,
@@ -82,6 +90,7 @@ class Pipeline:
             every_fix=every_fix,
         )
         self.fix_state = FixStateDetector()
+        self.geofence = geofence
         self.fixes = 0
         self.rejected = 0  # fixes carrying a value no record may hold
 
@@ -90,6 +99,8 @@ class Pipeline:
         try:
             out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
             out.extend(("telemetry", p) for p in self.sampler.feed(fix))
+            if self.geofence is not None:
+                out.extend(("events", e) for e in self.geofence.feed(fix))
         except ValidationError as exc:
             # Garbled input without a checksum can carry anything; count it
             # and go on: one bad line must never stop the van's reporting.
@@ -97,3 +108,18 @@ class Pipeline:
             log.warning("fix at %s rejected: %s", fix.time, exc.errors()[0]["msg"])
             return []
         return out
+
+
+def geofence_detector(cfg: GeofenceConfig, zones: ZoneSet) -> GeofenceDetector:
+    """The detector with the configured hysteresis (live and replay alike)."""
+    return GeofenceDetector(
+        zones,
+        default_dwell_s=cfg.default_dwell_s,
+        uere_m=cfg.uere_m,
+        min_margin_m=cfg.min_margin_m,
+        min_side_s=cfg.min_side_s,
+        max_hdop=cfg.max_hdop,
+        approach_m=cfg.approach_m,
+        approach_s=cfg.approach_s,
+        approach=cfg.approach,
+    )

@@ -18,13 +18,16 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from agent import __version__
 from agent.buffer.outbox import Outbox
 from agent.clock import Clock
 from agent.config import AgentConfig, GpsConfig
+from agent.geofence.model import ZoneSet, load_zone_file
 from agent.gps.fix import Fix
-from agent.messages import EventData, Status, Stream, record_body
-from agent.pipeline import Pipeline
+from agent.messages import CommandResult, DesiredConfig, EventData, Status, Stream, record_body
+from agent.pipeline import Pipeline, geofence_detector
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,8 @@ class Agent:
         self.outbox = Outbox(
             cfg.buffer.path, cfg.device.id, commit_interval_s=cfg.buffer.commit_interval_s
         )
-        self.pipeline = Pipeline(cfg.sampler)
+        self.zones = self._initial_zones()
+        self.pipeline = Pipeline(cfg.sampler, geofence=geofence_detector(cfg.geofence, self.zones))
         self.uplink = Uplink(
             cfg.mqtt,
             cfg.device.id,
@@ -82,11 +86,98 @@ class Agent:
             birth=lambda: self._status("online"),
             will=lambda: self._status("offline"),
             rng=rng,
+            on_downlink=self.handle_downlink,
         )
         # Events that happened before any trusted UTC existed: (mono, builder).
         self._untimed: list[tuple[float, Callable[[datetime], EventData]]] = []
+        self._mono = mono
         self.started_mono = mono()
         self._untimed.append((self.started_mono, self._started_event))
+
+    # -- configuration pushed from the cloud -----------------------------------
+
+    def _initial_zones(self) -> ZoneSet:
+        """The last applied pushed config, else the zones file, else none."""
+        stored = self.outbox.get_state("config")
+        if stored is not None:
+            desired = DesiredConfig.model_validate_json(stored)
+            if desired.geofences is not None:
+                return ZoneSet.model_validate(
+                    {"version": desired.version, "zones": desired.geofences}
+                )
+            return ZoneSet(version=desired.version, zones=[])
+        if self.cfg.geofence.zones_file is not None:
+            return load_zone_file(self.cfg.geofence.zones_file).model_copy(update={"version": 0})
+        return ZoneSet(version=0, zones=[])
+
+    def handle_downlink(self, name: str, payload: bytes) -> None:
+        """A retained ``config`` (or a ``cmd``) from the cloud: apply or refuse, answer."""
+        if name != "config":
+            return  # commands arrive with a later issue
+        if not payload:
+            return  # the retained config was cleared: keep running what we have
+        running = self.zones.version
+        try:
+            desired = DesiredConfig.model_validate_json(payload)
+        except ValidationError as exc:
+            self._config_result(None, "rejected", _first_error(exc))
+            return
+        if desired.version == running:
+            self._config_result(desired.version, "unchanged", None)
+            return
+        if desired.version < running:
+            self._config_result(
+                desired.version, "rejected", f"older than the running version {running}"
+            )
+            return
+        zones = self.zones
+        if desired.geofences is not None:
+            try:
+                zones = ZoneSet.model_validate(
+                    {"version": desired.version, "zones": desired.geofences}
+                )
+            except (ValidationError, ValueError) as exc:
+                reason = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+                self._config_result(desired.version, "rejected", reason)
+                return
+        else:
+            zones = zones.model_copy(update={"version": desired.version})
+        self.outbox.set_state("config", payload.decode())
+        self.zones = zones
+        assert self.pipeline.geofence is not None
+        self.pipeline.geofence.set_zones(zones)
+        log.info("config version %d applied: %d zones", zones.version, len(zones.zones))
+        self._config_result(desired.version, "applied", None)
+
+    def _config_result(self, version: int | None, status: str, reason: str | None) -> None:
+        if status == "rejected":
+            log.warning("config version %s rejected: %s", version, reason)
+        result = CommandResult.model_validate(
+            {
+                "device": self.cfg.device.id,
+                "ts": self.clock.now(),
+                "kind": "config",
+                "version": -1 if version is None else version,
+                "status": status,
+                "reason": reason,
+                "running_version": self.zones.version,
+            }
+        )
+        self.uplink.publish_result(result.model_dump_json(exclude_none=True))
+        if status == "unchanged":
+            return
+        data = {"version": version, "running_version": self.zones.version, "reason": reason}
+        self._untimed.append(
+            (
+                self._mono(),
+                lambda ts: EventData(
+                    ts=ts,
+                    type=f"config_{status}",
+                    data={k: v for k, v in data.items() if v is not None},
+                ),
+            )
+        )
+        self._release_untimed()
 
     def _started_event(self, ts: datetime) -> EventData:
         return EventData(
@@ -119,6 +210,8 @@ class Agent:
             "clock": self.clock.basis,
             "waiting_for_time": len(self._untimed),
             "rejected_fixes": self.pipeline.rejected,
+            "config_version": self.zones.version,
+            "zones": len(self.zones.zones),
             "gps": self.source.status(),
             "outbox": {**self.outbox.depth(), "dropped": self.outbox.dropped},
             "outbox_error": self.outbox.last_error,
@@ -187,3 +280,9 @@ class Agent:
                     await task
             self.outbox.close()
             log.info("agent stopped; last seq %d", self.outbox.last_seq)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    return f"{where}: {err['msg']}"

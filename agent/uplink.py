@@ -84,6 +84,7 @@ class Uplink:
         birth: Callable[[], str],
         will: Callable[[], str],
         rng: random.Random | None = None,
+        on_downlink: Callable[[str, bytes], None] | None = None,
         ack_timeout_s: float = 60.0,
         tick_s: float = 1.0,
     ) -> None:
@@ -93,6 +94,7 @@ class Uplink:
         self.clock = clock
         self._birth = birth
         self._will = will
+        self._on_downlink = on_downlink
         rng = rng or random.Random()
         # One backoff per thread: reconnects (network thread), rejections (loop).
         self._reconnect = Backoff(cfg.backoff_min_s, cfg.backoff_max_s, jitter=0.5, rng=rng)
@@ -137,6 +139,7 @@ class Uplink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def _topic(self, name: str) -> str:
@@ -199,6 +202,11 @@ class Uplink:
         if reason.is_failure:
             self._note_error(f"broker refused connection: {reason}")
             return
+        if self._on_downlink is not None:
+            # Clean start drops subscriptions, so subscribe on every connect;
+            # the retained config arrives right after, even if it was pushed
+            # while the device was offline.
+            client.subscribe([(self._topic("config"), 1), (self._topic("cmd"), 1)])
         self._call(self._connected)
 
     def _on_disconnect(
@@ -209,7 +217,19 @@ class Uplink:
     def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
         self._call(self._acked, mid, reason.is_failure, str(reason))
 
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self._call(self._downlink, msg.topic, bytes(msg.payload))
+
     # -- loop side ------------------------------------------------------------
+
+    def _downlink(self, topic_name: str, payload: bytes) -> None:
+        name = topic_name.removeprefix(self._topic(""))
+        if self._on_downlink is not None and name in ("config", "cmd"):
+            self._on_downlink(name, payload)
+
+    def publish_result(self, payload: str) -> None:
+        """Answer on ``cmd/result`` (QoS 1; paho holds it across a reconnect)."""
+        self._client.publish(self._topic("cmd/result"), payload, qos=1)
 
     def _publish_status(self) -> None:
         # The birth reads agent state (outbox, sources), so it is built here on

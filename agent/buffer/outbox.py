@@ -106,7 +106,9 @@ class Outbox:
         return lock
 
     def _epoch_for(self, device: str) -> str:
-        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        rows = dict(
+            self._db.execute("SELECT key, value FROM meta WHERE key NOT LIKE 'state:%'").fetchall()
+        )
         if not rows:
             epoch = uuid.uuid4().hex
             with self._tx():
@@ -212,6 +214,20 @@ class Outbox:
     def ack(self, seqs: list[int]) -> None:
         """The broker has these: delete them at the next commit."""
         self._acked.extend(seqs)
+
+    def get_state(self, key: str) -> str | None:
+        """Durable device state kept beside the outbox (e.g. the applied config)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"state:{key}",)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str) -> None:
+        """Write device state at once (its own durable transaction)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (f"state:{key}", value),
+            )
 
     def depth(self) -> dict[str, int]:
         """Committed rows waiting per stream, plus records not yet committed."""

@@ -166,3 +166,14 @@ def test_full_disk_keeps_records_and_recovers_without_gaps(tmp_path: Path) -> No
     assert box.last_error is None
     seqs = [seq for seq, _ in box.next_batch("telemetry", 0, 10_000, 10**9)]
     assert seqs == list(range(1, committed + pending + 1))
+
+
+def test_device_state_survives_restart(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", "van-1")
+    assert box.get_state("config") is None
+    box.set_state("config", '{"version": 3}')
+    box.set_state("config", '{"version": 4}')
+    box.close()
+    again = Outbox(tmp_path / "o.sqlite", "van-1")
+    assert again.get_state("config") == '{"version": 4}'
+    assert again.epoch == box.epoch
