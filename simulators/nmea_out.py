@@ -319,6 +319,11 @@ def gnss_epoch(
         fade = min(1.0, state.stopped_for_s / _FADE_S, state.stop_remaining_s / _FADE_S)
         north, east = parked_offset_m(gnss.seed, state.t, gnss.parked_jitter_m * fade)
         lat, lon = offset_m(lat, lon, north, east)
+    elif gnss.driving_jitter_m > 0:
+        # The same slow wander while driving: real GNSS error is correlated
+        # over tens of seconds, not white noise from fix to fix.
+        north, east = parked_offset_m(gnss.seed + 1, state.t, gnss.driving_jitter_m)
+        lat, lon = offset_m(lat, lon, north, east)
     return GnssEpoch(
         utc=utc,
         valid=valid,

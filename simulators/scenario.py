@@ -166,6 +166,7 @@ class Gnss(_Section):
     pdop: float | None = Field(None, gt=0, le=99)
     geoid_separation_m: float = Field(0.0, ge=-120, le=100)
     parked_jitter_m: float = Field(0.0, ge=0, le=50)
+    driving_jitter_m: float = Field(0.0, ge=0, le=50)
     seed: int = Field(0, ge=0)
     outages: tuple[Outage, ...] = ()
 
