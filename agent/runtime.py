@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -98,14 +99,14 @@ class Agent:
 
     def _initial_zones(self) -> ZoneSet:
         """The last applied pushed config, else the zones file, else none."""
-        stored = self.outbox.get_state("config")
+        stored = self.outbox.get_state("zones")
         if stored is not None:
-            desired = DesiredConfig.model_validate_json(stored)
-            if desired.geofences is not None:
-                return ZoneSet.model_validate(
-                    {"version": desired.version, "zones": desired.geofences}
-                )
-            return ZoneSet(version=desired.version, zones=[])
+            try:
+                return ZoneSet.model_validate_json(stored)
+            except ValidationError as exc:
+                # Written by another version of the agent: run without it
+                # rather than not at all; the retained config comes back on connect.
+                log.error("stored zone set unusable, ignoring it: %s", _first_error(exc))
         if self.cfg.geofence.zones_file is not None:
             return load_zone_file(self.cfg.geofence.zones_file).model_copy(update={"version": 0})
         return ZoneSet(version=0, zones=[])
@@ -142,7 +143,14 @@ class Agent:
                 return
         else:
             zones = zones.model_copy(update={"version": desired.version})
-        self.outbox.set_state("config", payload.decode())
+        # What runs is what is stored: the zone set itself, not the payload
+        # (a config without geofences keeps the zones it does not mention).
+        try:
+            self.outbox.set_state("zones", zones.model_dump_json())
+        except sqlite3.Error as exc:
+            # Not applied unless it would survive a restart.
+            self._config_result(desired.version, "rejected", f"cannot store it: {exc}")
+            return
         self.zones = zones
         assert self.pipeline.geofence is not None
         self.pipeline.geofence.set_zones(zones)
