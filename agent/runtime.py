@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import random
 import sqlite3
@@ -78,6 +80,9 @@ class Agent:
             cfg.buffer.path, cfg.device.id, commit_interval_s=cfg.buffer.commit_interval_s
         )
         self.zones = self._initial_zones()
+        # The last refused config: (payload digest, version, reason).
+        self._refused: tuple[str, int | None, str | None] | None = None
+        self._last_reason: str | None = None
         self.pipeline = Pipeline(cfg.sampler, geofence=geofence_detector(cfg.geofence, self.zones))
         self.uplink = Uplink(
             cfg.mqtt,
@@ -117,11 +122,25 @@ class Agent:
             return  # commands arrive with a later issue
         if not payload:
             return  # the retained config was cleared: keep running what we have
+        digest = hashlib.sha256(payload).hexdigest()
+        if self._refused is not None and self._refused[0] == digest:
+            # The same retained config again (every reconnect): answer again,
+            # but do not record the same refusal over and over.
+            self._config_result(self._refused[1], "rejected", self._refused[2], record=False)
+            return
+        self._refused = None
         running = self.zones.version
+        if len(payload) > MAX_CONFIG_BYTES:
+            self._config_result(
+                _claimed_version(payload), "rejected", f"{len(payload)} bytes > {MAX_CONFIG_BYTES}"
+            )
+            self._refused = (digest, _claimed_version(payload), self._last_reason)
+            return
         try:
             desired = DesiredConfig.model_validate_json(payload)
         except ValidationError as exc:
-            self._config_result(None, "rejected", _first_error(exc))
+            self._config_result(_claimed_version(payload), "rejected", _first_error(exc))
+            self._refused = (digest, _claimed_version(payload), self._last_reason)
             return
         if desired.version == running:
             self._config_result(desired.version, "unchanged", None)
@@ -130,6 +149,7 @@ class Agent:
             self._config_result(
                 desired.version, "rejected", f"older than the running version {running}"
             )
+            self._refused = (digest, desired.version, self._last_reason)
             return
         zones = self.zones
         if desired.geofences is not None:
@@ -137,9 +157,10 @@ class Agent:
                 zones = ZoneSet.model_validate(
                     {"version": desired.version, "zones": desired.geofences}
                 )
-            except (ValidationError, ValueError) as exc:
+            except Exception as exc:  # whatever a zone does, refuse it, keep running
                 reason = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
-                self._config_result(desired.version, "rejected", reason)
+                self._config_result(desired.version, "rejected", reason or type(exc).__name__)
+                self._refused = (digest, desired.version, self._last_reason)
                 return
         else:
             zones = zones.model_copy(update={"version": desired.version})
@@ -157,8 +178,11 @@ class Agent:
         log.info("config version %d applied: %d zones", zones.version, len(zones.zones))
         self._config_result(desired.version, "applied", None)
 
-    def _config_result(self, version: int | None, status: str, reason: str | None) -> None:
-        if status == "rejected":
+    def _config_result(
+        self, version: int | None, status: str, reason: str | None, *, record: bool = True
+    ) -> None:
+        self._last_reason = reason
+        if status == "rejected" and record:
             log.warning("config version %s rejected: %s", version, reason)
         result = CommandResult.model_validate(
             {
@@ -172,7 +196,7 @@ class Agent:
             }
         )
         self.uplink.publish_result(result.model_dump_json(exclude_none=True))
-        if status == "unchanged":
+        if status == "unchanged" or not record:
             return
         data = {"version": version, "running_version": self.zones.version, "reason": reason}
         self._untimed.append(
@@ -288,6 +312,18 @@ class Agent:
                     await task
             self.outbox.close()
             log.info("agent stopped; last seq %d", self.outbox.last_seq)
+
+
+MAX_CONFIG_BYTES = 8 * 1024 * 1024
+
+
+def _claimed_version(payload: bytes) -> int | None:
+    """The version a refused payload says it is, so the cloud knows what was refused."""
+    try:
+        version = json.loads(payload).get("version")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
 
 
 def _first_error(exc: ValidationError) -> str:

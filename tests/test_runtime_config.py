@@ -103,3 +103,24 @@ def test_a_config_that_cannot_be_stored_is_not_applied(tmp_path: Path) -> None:
     refused = [e for e in events(agent) if e["type"] == "config_rejected"]
     assert refused and "cannot store it" in refused[-1]["data"]["reason"]
     agent.outbox.close()
+
+
+def test_refusals_name_the_version_and_are_recorded_once(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path)
+    bad = json.dumps({"v": 1, "version": 6, "geofences": [], "extra": 1}).encode()
+    agent.handle_downlink("config", bad)
+    agent.handle_downlink("config", bad)  # the retained config again, after a reconnect
+    huge = int("1" + "0" * 400)
+    overflow = {
+        "id": "p",
+        "name": "P",
+        "shape": {"type": "polygon", "outer": [[huge, 1], [2, 2], [3, 1]]},
+    }
+    agent.handle_downlink(
+        "config", json.dumps({"v": 1, "version": 7, "geofences": [overflow]}).encode()
+    )
+    refused = [e["data"] for e in events(agent) if e["type"] == "config_rejected"]
+    assert [r["version"] for r in refused] == [6, 7]
+    assert "extra" in refused[0]["reason"] and "out of range" in refused[1]["reason"]
+    assert agent.zones.version == 0
+    agent.outbox.close()

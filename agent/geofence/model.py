@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MAX_ZONES = 10_000
 MAX_RING_POINTS = 5_000
+MAX_HOLES = 100
+MAX_SET_POINTS = 500_000
 #: Beyond this size the local flat-earth projection stops being sub-metre.
 MAX_ZONE_EXTENT_M = 100_000.0
 _M_PER_DEG = 6_371_008.8 * math.pi / 180.0
@@ -57,7 +59,10 @@ def _ring(points: Any, what: str) -> Ring:
             raise ValueError(f"{what} point {i} must be numbers")
         if not isinstance(lon, int | float) or not isinstance(lat, int | float):
             raise ValueError(f"{what} point {i} must be numbers")
-        lon, lat = float(lon), float(lat)
+        try:
+            lon, lat = float(lon), float(lat)
+        except OverflowError:  # a 400-digit integer is valid JSON
+            raise ValueError(f"{what} point {i} is out of range") from None
         if not (math.isfinite(lon) and math.isfinite(lat)):
             raise ValueError(f"{what} point {i} is not finite")
         if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
@@ -96,6 +101,13 @@ class Polygon(_Model):
     @classmethod
     def _outer(cls, v: Any) -> Ring:
         return _ring(v, "outer ring")
+
+    @field_validator("holes")
+    @classmethod
+    def _few_holes(cls, v: tuple[Ring, ...]) -> tuple[Ring, ...]:
+        if len(v) > MAX_HOLES:
+            raise ValueError(f"{len(v)} holes, more than {MAX_HOLES}")
+        return v
 
     @field_validator("holes", mode="before")
     @classmethod
@@ -148,10 +160,16 @@ class ZoneSet(_Model):
     @model_validator(mode="after")
     def _unique(self) -> ZoneSet:
         seen: set[str] = set()
+        points = 0
         for i, z in enumerate(self.zones):
             if z.id in seen:
                 raise ValueError(f"zones.{i}: duplicate zone id {z.id!r}")
             seen.add(z.id)
+            if isinstance(z.shape, Polygon):
+                points += len(z.shape.outer) + sum(len(h) for h in z.shape.holes)
+        if points > MAX_SET_POINTS:
+            # Every point costs time on the agent's single event loop.
+            raise ValueError(f"{points} polygon points in the set, more than {MAX_SET_POINTS}")
         return self
 
 
