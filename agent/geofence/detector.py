@@ -37,9 +37,13 @@ from agent.geofence.geometry import (
 from agent.geofence.index import ZoneIndex
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix
+from agent.gps.motion import WindowSpeed
 from agent.messages import EventData
 
 UNKNOWN, OUTSIDE, INSIDE = 0, 1, 2
+#: Without a receiver speed, window speeds below this are drift, not travel.
+SPEEDLESS_TRAVEL_MPS = 3.0
+
 #: Receiver speeds below this are parked jitter, not travel.
 STATIONARY_MPS = 0.5
 #: Approach needs the vehicle moving at least this fast, and closing in.
@@ -68,7 +72,6 @@ class _Obs:
 class _State:
     side: int
     anchor_odo: float  # odometer when last seen beyond the margin on the current side
-    anchor_unknown: int  # speedless fixes counted at that moment
     run: _Obs | None = None  # first fix of the run beyond the margin on the other side
     run_side: int = UNKNOWN
     run_cross: float = 0.0  # estimated true crossing time of that run
@@ -118,7 +121,7 @@ class GeofenceDetector:
         self.fixes = 0  # fixes used
         self.ignored = 0  # fixes without position/time, too poor, or out of order
         self._odo = 0.0  # metres travelled by receiver speed
-        self._unknown = 0  # fixes that carried no speed
+        self._window = WindowSpeed(window_s=30.0)
         self._last_t: float | None = None
         self._prev_pos: tuple[float, float] | None = None
         self._states: dict[str, _State] = {}
@@ -149,7 +152,7 @@ class GeofenceDetector:
             prev = old.get(z.id)
             if st is not None and prev is not None and prev.zone.shape != z.zone.shape:
                 st.run, st.last_old, st.first_new, st.prev_d = None, None, None, None
-                st.anchor_odo, st.anchor_unknown = self._odo, self._unknown
+                st.anchor_odo = self._odo
             if st is not None:
                 states[z.id] = st
         self._fresh = {z.id for z in zones if z.id not in old} | (
@@ -195,12 +198,18 @@ class GeofenceDetector:
             return []
         assert fix.lat is not None and fix.lon is not None
         lat, lon = fix.lat, fix.lon
-        speed = fix.speed
-        if self._last_t is not None:
-            if speed is None:
-                self._unknown += 1
-            elif speed >= STATIONARY_MPS:
-                self._odo += speed * min(t - self._last_t, MAX_ODO_STEP_S)
+        speed: float | None = fix.speed
+        if speed is None:
+            # GGA-only receivers: the displacement over a 30 s window stands
+            # in, counted as travel only above 11 km/h, so even 15 m of
+            # correlated drift is not taken for motion (agent.gps.motion).
+            # Until the window can tell, assume no travel.
+            estimate = self._window.update(t, lat, lon)
+            speed = estimate if estimate is not None and estimate >= SPEEDLESS_TRAVEL_MPS else 0.0
+        else:
+            self._window.reset()
+        if self._last_t is not None and speed >= STATIONARY_MPS:
+            self._odo += speed * min(t - self._last_t, MAX_ODO_STEP_S)
         self._last_t = t
         self.fixes += 1
 
@@ -243,13 +252,13 @@ class GeofenceDetector:
                     continue
                 d = cd - z.radius_m if not z.rings else signed_distance_m(z, lat, lon)
                 if d <= self.approach_m or d <= eta_range:
-                    st = states[z.id] = _State(OUTSIDE, self._odo, self._unknown, prev_d=d)
+                    st = states[z.id] = _State(OUTSIDE, self._odo, prev_d=d)
                     self._fire_approach(z, st, _Obs(t, lat, lon, d), spd, fix, events)
                 continue
             d = cd - z.radius_m if not z.rings else signed_distance_m(z, lat, lon)
             if st is None:
                 side = UNKNOWN if z.id in fresh else OUTSIDE
-                st = states[z.id] = _State(side, self._odo, self._unknown)
+                st = states[z.id] = _State(side, self._odo)
             obs = _Obs(t, lat, lon, d)
             self._step(z, st, obs, margin, fix, events)
             if self.approach:
@@ -308,27 +317,25 @@ class GeofenceDetector:
                 st.run = None  # undecided: only an unbroken run decides
         elif cls == st.side:
             st.run = None
-            st.anchor_odo, st.anchor_unknown = self._odo, self._unknown
+            st.anchor_odo = self._odo
         elif st.run is None or st.run_side != cls:
             st.run, st.run_side, st.run_cross = obs, cls, self._crossing(st, obs)
             if st.side == UNKNOWN:
-                st.anchor_odo, st.anchor_unknown = self._odo, self._unknown
+                st.anchor_odo = self._odo
         if st.side == INSIDE:
             self._dwell(z, st, obs, fix, out)
         run = st.run
         if run is None or obs.t - run.t < self.min_side_s or cls != st.run_side:
             return
-        moved = (
-            self._odo - st.anchor_odo >= self.min_margin_m
-            or self._unknown > st.anchor_unknown
-            or (st.side == UNKNOWN and obs.t - run.t >= INITIAL_HOLD_S)
+        moved = self._odo - st.anchor_odo >= self.min_margin_m or (
+            st.side == UNKNOWN and obs.t - run.t >= INITIAL_HOLD_S
         )
         if not moved:
             return
         was, cross = st.side, st.run_cross
         st.side = st.run_side
         st.run, st.last_old, st.first_new = None, None, None
-        st.anchor_odo, st.anchor_unknown = self._odo, self._unknown
+        st.anchor_odo = self._odo
         if st.side == INSIDE:
             st.entered_at, st.dwelled = cross, False
             st.visited = True

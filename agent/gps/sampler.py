@@ -9,25 +9,15 @@ whatever the replay speed.
 
 from __future__ import annotations
 
-import math
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 
 from agent.gps.fix import Fix
+from agent.gps.geo import haversine_m
+from agent.gps.motion import WindowSpeed
 from agent.messages import PositionData
 
 KMH = 1 / 3.6
-SPEEDLESS_WINDOW_S = 10.0
-EARTH_RADIUS_M = 6_371_008.8
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 def heading_delta(a: float, b: float) -> float:
@@ -93,7 +83,7 @@ class PositionSampler:
         self.every_fix = every_fix
         self._last: _Last | None = None
         self._last_time: datetime | None = None
-        self._recent: deque[tuple[datetime, float, float]] = deque()
+        self._window = WindowSpeed()
 
     def feed(self, fix: Fix) -> list[PositionData]:
         if fix.time is None or not fix.has_position:
@@ -115,24 +105,18 @@ class PositionSampler:
         """Speed over ground against the threshold.
 
         Receivers that send only GGA/GLL give no speed; then the average
-        speed over the last ``SPEEDLESS_WINDOW_S`` of fixes stands in: over a
-        window that long, metres of parked jitter stay well under walking pace.
+        speed over a window of fixes stands in (agent.gps.motion).
         """
         assert fix.time is not None and fix.lat is not None and fix.lon is not None
         if fix.speed is not None:
-            self._recent.clear()
+            self._window.reset()
             return fix.speed >= self.moving_speed
-        recent = self._recent
-        recent.append((fix.time, fix.lat, fix.lon))
-        while (fix.time - recent[0][0]).total_seconds() > SPEEDLESS_WINDOW_S:
-            recent.popleft()
-        t0, lat0, lon0 = recent[0]
-        span = (fix.time - t0).total_seconds()
-        if span < SPEEDLESS_WINDOW_S / 2:
+        speed = self._window.update(fix.time.timestamp(), fix.lat, fix.lon)
+        if speed is None:
             # Too short to tell: keep the previous state, and at start-up err
             # towards sending points rather than losing the first seconds.
             return self._last.moving if self._last is not None else True
-        return haversine_m(lat0, lon0, fix.lat, fix.lon) / span >= self.moving_speed
+        return speed >= self.moving_speed
 
     def _reason(self, fix: Fix, moving: bool) -> str | None:
         assert fix.time is not None and fix.lat is not None and fix.lon is not None

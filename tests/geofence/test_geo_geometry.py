@@ -9,7 +9,7 @@ import pytest
 
 from agent.geofence.geometry import compile_zone, signed_distance_m
 from agent.geofence.model import Circle, Polygon, ZoneDef
-from agent.gps.sampler import EARTH_RADIUS_M, haversine_m
+from agent.gps.geo import EARTH_RADIUS_M, haversine_m
 
 
 def dest(lat: float, lon: float, bearing: float, dist: float) -> tuple[float, float]:
