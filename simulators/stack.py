@@ -148,8 +148,22 @@ class Stack:
             )
         self.pty = line
 
+    def write_zones(self) -> Path | None:
+        """The scenario's zones as GeoJSON for the agent, when it has any."""
+        from simulators.scenario import load_scenario
+        from simulators.truth import zones_geojson
+
+        scenario = load_scenario(self.scenario)
+        if not scenario.all_zones:
+            return None
+        path = self.workdir / "zones.geojson"
+        path.write_text(json.dumps(zones_geojson(scenario)))
+        return path
+
     def write_agent_config(self) -> None:
         assert self.pty is not None
+        zones = self.write_zones()
+        geofence = "" if zones is None else f'[geofence]\nzones_file = "{zones}"\n\n'
         self.agent_config.write_text(
             f'[device]\nid = "{self.device}"\n\n'
             f'[gps]\nsource = "serial"\ndevice = "{self.pty}"\nbaud = 9600\n'
@@ -157,7 +171,7 @@ class Stack:
             f'[buffer]\npath = "{self.outbox_db}"\ncommit_interval_s = 0.5\n\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
             "backoff_min_s = 0.5\nbackoff_max_s = 4.0\n\n"
-            '[log]\nlevel = "INFO"\n'
+            f'{geofence}[log]\nlevel = "INFO"\n'
         )
 
     def start_agent(self) -> None:
@@ -288,6 +302,8 @@ def run_demo(
         f"{s['seq_range']}, {s['missing_seqs']} missing, {s['duplicates_stored']} duplicates, "
         f"{sum(s['rejected'].values())} payloads rejected."
     )
+    if s["events"]:
+        out("Events: " + ", ".join(f"{n} x {kind}" for kind, n in sorted(s["events"].items())))
     out(json.dumps(s, indent=2))
     out(f"logs: {workdir}/agent.log, bridge.log, sim.log; bridge database {stack.bridge_db}")
     out(f"try: telematics-bridge query --db {stack.bridge_db} --device {stack.device} | head")

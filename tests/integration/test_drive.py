@@ -61,6 +61,9 @@ def test_ten_minute_drive_all_positions_arrive(stack: Stack, figures: list[str])
     summary = stack.summary()
     assert summary["events"].get("agent_started") == 1
     assert summary["rejected"] == {}
+    # The live geofence path: the first 10 minutes hold drops 1 and 2 whole.
+    for kind in ("geofence_enter", "geofence_dwell", "geofence_exit"):
+        assert summary["events"].get(kind) == 2, summary["events"]
     figures.append(
         f"10-min drive at {SPEED:g}x: {produced} records produced, {len(positions)} positions, "
         "all at the bridge exactly once, in order"
