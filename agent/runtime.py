@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import random
 import sqlite3
@@ -29,8 +27,9 @@ from agent.clock import Clock
 from agent.config import AgentConfig, GpsConfig
 from agent.geofence.model import ZoneSet, load_zone_file
 from agent.gps.fix import Fix
-from agent.messages import CommandResult, DesiredConfig, EventData, Status, Stream, record_body
+from agent.messages import CommandResult, EventData, Status, Stream, record_body
 from agent.pipeline import Pipeline, geofence_detector
+from agent.remote_config import ConfigGate, Decision, first_error
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -80,9 +79,7 @@ class Agent:
             cfg.buffer.path, cfg.device.id, commit_interval_s=cfg.buffer.commit_interval_s
         )
         self.zones = self._initial_zones()
-        # The last refused config: (payload digest, version, reason).
-        self._refused: tuple[str, int | None, str | None] | None = None
-        self._last_reason: str | None = None
+        self.config_gate = ConfigGate()
         self.pipeline = Pipeline(cfg.sampler, geofence=geofence_detector(cfg.geofence, self.zones))
         self.uplink = Uplink(
             cfg.mqtt,
@@ -111,7 +108,7 @@ class Agent:
             except ValidationError as exc:
                 # Written by another version of the agent: run without it
                 # rather than not at all; the retained config comes back on connect.
-                log.error("stored zone set unusable, ignoring it: %s", _first_error(exc))
+                log.error("stored zone set unusable, ignoring it: %s", first_error(exc))
         if self.cfg.geofence.zones_file is not None:
             return load_zone_file(self.cfg.geofence.zones_file).model_copy(update={"version": 0})
         return ZoneSet(version=0, zones=[])
@@ -120,91 +117,57 @@ class Agent:
         """A retained ``config`` (or a ``cmd``) from the cloud: apply or refuse, answer."""
         if name != "config":
             return  # commands arrive with a later issue
-        if not payload:
-            return  # the retained config was cleared: keep running what we have
-        digest = hashlib.sha256(payload).hexdigest()
-        if self._refused is not None and self._refused[0] == digest:
-            # The same retained config again (every reconnect): answer again,
-            # but do not record the same refusal over and over.
-            self._config_result(self._refused[1], "rejected", self._refused[2], record=False)
+        decision = self.config_gate.decide(payload, self.zones)
+        if decision is None:
             return
-        self._refused = None
-        running = self.zones.version
-        if len(payload) > MAX_CONFIG_BYTES:
-            self._config_result(
-                _claimed_version(payload), "rejected", f"{len(payload)} bytes > {MAX_CONFIG_BYTES}"
-            )
-            self._refused = (digest, _claimed_version(payload), self._last_reason)
-            return
-        try:
-            desired = DesiredConfig.model_validate_json(payload)
-        except ValidationError as exc:
-            self._config_result(_claimed_version(payload), "rejected", _first_error(exc))
-            self._refused = (digest, _claimed_version(payload), self._last_reason)
-            return
-        if desired.version == running:
-            self._config_result(desired.version, "unchanged", None)
-            return
-        if desired.version < running:
-            self._config_result(
-                desired.version, "rejected", f"older than the running version {running}"
-            )
-            self._refused = (digest, desired.version, self._last_reason)
-            return
-        zones = self.zones
-        if desired.geofences is not None:
+        zones = decision.zones
+        if zones is not None:
             try:
-                zones = ZoneSet.model_validate(
-                    {"version": desired.version, "zones": desired.geofences}
+                # What runs is what is stored: the zone set, not the payload.
+                self.outbox.set_state("zones", zones.model_dump_json())
+            except sqlite3.Error as exc:
+                # Not applied unless it would survive a restart.
+                decision = self.config_gate.refuse(
+                    payload, decision.version, f"cannot store it: {exc}"
                 )
-            except Exception as exc:  # whatever a zone does, refuse it, keep running
-                reason = _first_error(exc) if isinstance(exc, ValidationError) else str(exc)
-                self._config_result(desired.version, "rejected", reason or type(exc).__name__)
-                self._refused = (digest, desired.version, self._last_reason)
-                return
-        else:
-            zones = zones.model_copy(update={"version": desired.version})
-        # What runs is what is stored: the zone set itself, not the payload
-        # (a config without geofences keeps the zones it does not mention).
-        try:
-            self.outbox.set_state("zones", zones.model_dump_json())
-        except sqlite3.Error as exc:
-            # Not applied unless it would survive a restart.
-            self._config_result(desired.version, "rejected", f"cannot store it: {exc}")
-            return
-        self.zones = zones
-        assert self.pipeline.geofence is not None
-        self.pipeline.geofence.set_zones(zones)
-        log.info("config version %d applied: %d zones", zones.version, len(zones.zones))
-        self._config_result(desired.version, "applied", None)
+            else:
+                self.zones = zones
+                assert self.pipeline.geofence is not None
+                self.pipeline.geofence.set_zones(self.zones)
+                log.info(
+                    "config version %d applied: %d zones", self.zones.version, len(self.zones.zones)
+                )
+        self._config_result(decision)
 
-    def _config_result(
-        self, version: int | None, status: str, reason: str | None, *, record: bool = True
-    ) -> None:
-        self._last_reason = reason
-        if status == "rejected" and record:
-            log.warning("config version %s rejected: %s", version, reason)
+    def _config_result(self, decision: Decision) -> None:
+        """Answer on cmd/result; record applied and (first-time) refused configs."""
+        if decision.status == "rejected" and decision.record:
+            log.warning("config version %s rejected: %s", decision.version, decision.reason)
         result = CommandResult.model_validate(
             {
                 "device": self.cfg.device.id,
                 "ts": self.clock.now(),
                 "kind": "config",
-                "version": -1 if version is None else version,
-                "status": status,
-                "reason": reason,
+                "version": -1 if decision.version is None else decision.version,
+                "status": decision.status,
+                "reason": decision.reason,
                 "running_version": self.zones.version,
             }
         )
         self.uplink.publish_result(result.model_dump_json(exclude_none=True))
-        if status == "unchanged" or not record:
+        if decision.status == "unchanged" or not decision.record:
             return
-        data = {"version": version, "running_version": self.zones.version, "reason": reason}
+        data = {
+            "version": decision.version,
+            "running_version": self.zones.version,
+            "reason": decision.reason,
+        }
         self._untimed.append(
             (
                 self._mono(),
                 lambda ts: EventData(
                     ts=ts,
-                    type=f"config_{status}",
+                    type=f"config_{decision.status}",
                     data={k: v for k, v in data.items() if v is not None},
                 ),
             )
@@ -312,21 +275,3 @@ class Agent:
                     await task
             self.outbox.close()
             log.info("agent stopped; last seq %d", self.outbox.last_seq)
-
-
-MAX_CONFIG_BYTES = 8 * 1024 * 1024
-
-
-def _claimed_version(payload: bytes) -> int | None:
-    """The version a refused payload says it is, so the cloud knows what was refused."""
-    try:
-        version = json.loads(payload).get("version")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "payload"
-    return f"{where}: {err['msg']}"
