@@ -18,7 +18,14 @@ from typing import TextIO
 
 from agent import __version__
 from agent.buffer.outbox import OutboxError
-from agent.config import AgentConfig, ConfigError, GeofenceConfig, SamplerConfig, load_config
+from agent.config import (
+    AgentConfig,
+    ConfigError,
+    GeofenceConfig,
+    SamplerConfig,
+    TripsConfig,
+    load_config,
+)
 from agent.geofence.model import ZoneError as ZoneFileError
 from agent.messages import batch_json, record_body, with_seq
 
@@ -74,6 +81,7 @@ def replay(
     rollover_floor: date | None,
     zones: Path | None = None,
     geofence: GeofenceConfig | None = None,
+    trips: TripsConfig | None = None,
 ) -> int:
     """Print, as JSON lines, the payloads the live agent would publish for a recording.
 
@@ -89,7 +97,7 @@ def replay(
     detector = None
     if zones is not None:
         detector = geofence_detector(geofence or GeofenceConfig(), load_zone_file(zones))
-    pipeline = Pipeline(sampler, every_fix=every_fix, geofence=detector)
+    pipeline = Pipeline(sampler, every_fix=every_fix, geofence=detector, trips=trips)
     seq = 0
     for fix in iter_file_fixes(nmea, rollover_floor=rollover_floor):
         for stream, record in pipeline.feed_fix(fix):
@@ -140,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 rollover_floor=floor,
                 zones=args.zones,
                 geofence=cfg.geofence if cfg else None,
+                trips=cfg.trips if cfg else None,
             )
         assert cfg is not None
         return _run(cfg)

@@ -140,6 +140,22 @@ class GeofenceConfig(_Section):
     approach_s: PositiveFloat = 300.0
 
 
+class TripsConfig(_Section):
+    stop_speed_kmh: Annotated[float, Field(gt=0)] = 5.0
+    move_speed_kmh: Annotated[float, Field(gt=0)] = 10.0
+    stop_radius_m: PositiveFloat = 25.0
+    min_stop_s: Annotated[float, Field(ge=0)] = 30.0
+    trip_start_distance_m: PositiveFloat = 200.0
+    trip_end_stop_s: PositiveFloat = 300.0
+    idle_threshold_s: PositiveFloat = 60.0
+    excessive_idle_s: PositiveFloat = 300.0
+    overspeed_kmh: PositiveFloat | None = Field(
+        None, description="speed limit for overspeed events; zones' own limits apply inside them"
+    )
+    overspeed_min_s: Annotated[float, Field(ge=0)] = 10.0
+    overspeed_hysteresis_kmh: Annotated[float, Field(ge=0)] = 3.0
+
+
 class ClockConfig(_Section):
     source: Literal["auto", "system", "gnss"] = Field(
         "auto",
@@ -158,6 +174,7 @@ class AgentConfig(_Section):
     buffer: BufferConfig = BufferConfig()
     mqtt: MqttConfig = MqttConfig()
     geofence: GeofenceConfig = GeofenceConfig()
+    trips: TripsConfig = TripsConfig()
     clock: ClockConfig = ClockConfig()
     log: LogConfig = LogConfig()
 

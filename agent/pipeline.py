@@ -13,12 +13,16 @@ import logging
 
 from pydantic import ValidationError
 
-from agent.config import GeofenceConfig, SamplerConfig
+from agent.config import GeofenceConfig, SamplerConfig, TripsConfig
 from agent.geofence.detector import GeofenceDetector
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix
 from agent.gps.sampler import PositionSampler
 from agent.messages import EventData, PositionData, Stream
+from agent.trips.idle import IdleDetector
+from agent.trips.overspeed import OverspeedDetector
+from agent.trips.stops import StopDetector
+from agent.trips.trips import TripDetector
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,7 @@ class Pipeline:
         *,
         every_fix: bool = False,
         geofence: GeofenceDetector | None = None,
+        trips: TripsConfig | None = None,
     ) -> None:
         cfg = sampler or SamplerConfig()
         self.sampler = PositionSampler(
@@ -91,6 +96,23 @@ class Pipeline:
         )
         self.fix_state = FixStateDetector()
         self.geofence = geofence
+        t = trips or TripsConfig()
+        # One stop detector decides "stopped" for idle and trips alike.
+        self.stops = StopDetector(
+            stop_speed_kmh=t.stop_speed_kmh,
+            move_speed_kmh=t.move_speed_kmh,
+            radius_m=t.stop_radius_m,
+            min_stop_s=t.min_stop_s,
+        )
+        self.idle = IdleDetector(t.idle_threshold_s, t.excessive_idle_s, stops=self.stops)
+        self.trips = TripDetector(t.trip_start_distance_m, t.trip_end_stop_s, stops=self.stops)
+        limits = None if geofence is None else geofence.limits_at
+        self.overspeed = OverspeedDetector(
+            t.overspeed_kmh,
+            t.overspeed_min_s,
+            t.overspeed_hysteresis_kmh,
+            limit_at=limits,
+        )
         self.fixes = 0
         self.rejected = 0  # fixes carrying a value no record may hold
 
@@ -101,6 +123,10 @@ class Pipeline:
             out.extend(("telemetry", p) for p in self.sampler.feed(fix))
             if self.geofence is not None:
                 out.extend(("events", e) for e in self.geofence.feed(fix))
+            out.extend(("events", e) for e in self.stops.feed(fix))
+            out.extend(("events", e) for e in self.idle.feed_fix(fix))
+            out.extend(("events", e) for e in self.trips.feed_fix(fix))
+            out.extend(("events", e) for e in self.overspeed.feed(fix))
         except ValidationError as exc:
             # Garbled input without a checksum can carry anything; count it
             # and go on: one bad line must never stop the van's reporting.

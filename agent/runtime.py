@@ -80,7 +80,9 @@ class Agent:
         )
         self.zones = self._initial_zones()
         self.config_gate = ConfigGate()
-        self.pipeline = Pipeline(cfg.sampler, geofence=geofence_detector(cfg.geofence, self.zones))
+        self.pipeline = Pipeline(
+            cfg.sampler, geofence=geofence_detector(cfg.geofence, self.zones), trips=cfg.trips
+        )
         self.uplink = Uplink(
             cfg.mqtt,
             cfg.device.id,

@@ -63,8 +63,34 @@ def test_replay_of_a_simulated_drive_is_deterministic(tmp_path: Path) -> None:
     one = replay("--nmea", str(nmea))
     two = replay("--nmea", str(nmea))
     assert one == two
-    reasons = [line["payload"]["records"][0]["reason"] for line in one]
+    positions = [r for line in one for r in line["payload"]["records"] if r["kind"] == "position"]
+    reasons = [p["reason"] for p in positions]
     assert reasons[0] == "first"
     assert reasons.count("periodic") > 100
-    times = [line["payload"]["records"][0]["ts"] for line in one]
+    times = [p["ts"] for p in positions]
     assert times == sorted(times)
+
+
+def test_replay_reports_stops_and_never_invents_idle(tmp_path: Path) -> None:
+    """Phone-style: GNSS only, no engine data. The round's five drops are
+    stops of about their scripted dwell; no idle event without an engine."""
+    nmea = tmp_path / "round.nmea"
+    subprocess.run(
+        [command("telematics-sim"), "gps", "--scenario", "urban_delivery", "--out", str(nmea)],
+        check=True,
+        timeout=120,
+    )
+    events = [
+        r
+        for line in replay("--nmea", str(nmea))
+        for r in line["payload"]["records"]
+        if r["kind"] == "event"
+    ]
+    kinds = [e["type"] for e in events]
+    assert not [k for k in kinds if "idle" in k]
+    ends = [e["data"]["duration_s"] for e in events if e["type"] == "stop_end"]
+    drops = [120, 90, 150, 60, 180]  # scripted dwell at each drop (simulators/scenarios)
+    assert len(ends) >= len(drops)
+    for dwell in drops:  # every drop shows up as a stop of about its dwell
+        assert any(dwell <= d <= dwell + 5 for d in ends), (dwell, ends)
+    assert kinds.count("trip_start") == 1
