@@ -15,9 +15,9 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -27,6 +27,8 @@ from agent.clock import Clock
 from agent.config import AgentConfig, GpsConfig
 from agent.geofence.model import ZoneSet, load_zone_file
 from agent.gps.fix import Fix
+from agent.gps.source_base import GpsSource
+from agent.gps.sources import open_source
 from agent.messages import CommandResult, EventData, Status, Stream, record_body
 from agent.pipeline import Pipeline, geofence_detector
 from agent.remote_config import ConfigGate, Decision, first_error
@@ -35,20 +37,8 @@ from agent.uplink import Uplink
 log = logging.getLogger(__name__)
 
 
-class FixSource(Protocol):
-    """What the runtime needs of a GPS source (see agent.gps.sources)."""
-
-    name: str
-
-    def fixes(self) -> AsyncIterator[Fix]: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
-def gps_source(cfg: GpsConfig) -> FixSource:
+def gps_source(cfg: GpsConfig) -> GpsSource:
     """The GPS source the config asks for (nothing is opened until iterated)."""
-    from agent.gps.sources import open_source
-
     return open_source(
         cfg.source,
         device=cfg.device,
@@ -66,7 +56,7 @@ class Agent:
     def __init__(
         self,
         cfg: AgentConfig,
-        source: FixSource,
+        source: GpsSource,
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,

@@ -33,6 +33,20 @@ def command(name: str) -> str:
     return str(path)
 
 
+def stop_group(
+    popen: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 20.0
+) -> int:
+    """Signal a child's whole process group, wait, SIGKILL it if it lingers."""
+    if popen.poll() is None:
+        os.killpg(popen.pid, sig)
+    try:
+        popen.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(5)
+    return popen.returncode
+
+
 class Proc:
     """A child process in its own session, logging to a file."""
 
@@ -61,14 +75,9 @@ class Proc:
             os.killpg(self.popen.pid, sig)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        self.send(sig)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.send(signal.SIGKILL)
-            self.popen.wait(5)
+        code = stop_group(self.popen, sig, timeout)
         self._log_file.close()
-        return self.popen.returncode
+        return code
 
 
 class Stack:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config, parse_config
-from tests.support.procs import command
+from simulators.stack import command
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -32,7 +32,7 @@ import pytest
 from agent.backoff import Backoff
 from agent.gps.fix import Fix, FixMode
 from agent.gps.gpsd_source import GpsdEpochs, GpsdSource, parse_gpsd_time, tpv_to_fix
-from tests.support.procs import stop
+from simulators.stack import stop_group
 from tests.support.running import Running
 
 LOG = "ublox-zed-f9p-nmea.log"  # 2019: after the 2016 cut-off where Debian's gpsd shifts dates
@@ -209,7 +209,7 @@ def gpsfake(tmp_path: Path) -> Iterator[GpsFake]:
         yield start
     finally:
         for proc in procs:
-            stop(proc, timeout=5)
+            stop_group(proc, timeout=5)
         shutil.rmtree(sockdir, ignore_errors=True)
         ipcrm = shutil.which("ipcrm", path=PATH)
         for port in ports:
@@ -280,7 +280,7 @@ def test_real_gpsd_absent_up_gone_and_back(shared_data: Path, gpsfake: GpsFake) 
             await run.until(lambda: len(run.fixes) >= 3, "fixes from the first gpsd")
             assert src.status()["reconnects"] == 0
 
-            await asyncio.to_thread(stop, proc, timeout=5)  # gpsd goes away
+            await asyncio.to_thread(stop_group, proc, timeout=5)  # gpsd goes away
             await run.until(lambda: not src.status()["connected"], "loss noticed")
             assert src.status()["devices"] == []
             n = len(run.fixes)
