@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -179,15 +179,23 @@ def batch_json(device: str, epoch: str, sent: datetime | None, records: list[str
     String assembly keeps the publish path cheap on a Pi; the bridge and a
     round-trip test validate the result against :class:`Batch`.
     """
-    sent_json = "null" if sent is None else json.dumps(_iso(sent))
+    sent_json = "null" if sent is None else json.dumps(utc_iso(sent))
     return (
         f'{{"v":{SCHEMA_VERSION},"device":{json.dumps(device)},"epoch":"{epoch}",'
         f'"sent":{sent_json},"records":[{",".join(records)}]}}'
     )
 
 
-def _iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
+def utc_iso(ts: datetime, timespec: str = "auto") -> str:
+    """ISO 8601 UTC with ``Z``: how every time in a payload is written."""
+    return ts.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """The first problem of a pydantic error as one line: ``where: what``."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    return f"{where}: {str(err['msg']).removeprefix('Value error, ')}"
 
 
 def topic(prefix: str, device: str, name: str) -> str:

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import ValidationError
 
 from agent.geofence.model import ZoneSet
-from agent.messages import DesiredConfig
+from agent.messages import DesiredConfig, validation_reason
 
 MAX_CONFIG_BYTES = 8 * 1024 * 1024
 
@@ -67,7 +67,7 @@ class ConfigGate:
         try:
             desired = DesiredConfig.model_validate_json(payload)
         except ValidationError as exc:
-            return Decision("rejected", claimed, first_error(exc))
+            return Decision("rejected", claimed, validation_reason(exc))
         if desired.version == running.version:
             return Decision("unchanged", desired.version)
         if desired.version < running.version:
@@ -80,7 +80,7 @@ class ConfigGate:
         try:
             zones = ZoneSet.model_validate({"version": desired.version, "zones": desired.geofences})
         except Exception as exc:  # whatever a zone does, refuse it; the old set runs on
-            reason = first_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            reason = validation_reason(exc) if isinstance(exc, ValidationError) else str(exc)
             return Decision("rejected", desired.version, reason or type(exc).__name__)
         return Decision("applied", desired.version, zones=zones)
 
@@ -92,9 +92,3 @@ def claimed_version(payload: bytes) -> int | None:
     except (ValueError, AttributeError, RecursionError):
         return None
     return version if isinstance(version, int) and not isinstance(version, bool) else None
-
-
-def first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "payload"
-    return f"{where}: {err['msg']}"

@@ -29,9 +29,16 @@ from agent.geofence.model import ZoneSet, load_zone_file
 from agent.gps.fix import Fix
 from agent.gps.source_base import GpsSource
 from agent.gps.sources import open_source
-from agent.messages import CommandResult, EventData, Status, Stream, record_body
+from agent.messages import (
+    CommandResult,
+    EventData,
+    Status,
+    Stream,
+    record_body,
+    validation_reason,
+)
 from agent.pipeline import Pipeline, geofence_detector
-from agent.remote_config import ConfigGate, Decision, first_error
+from agent.remote_config import ConfigGate, Decision
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -100,7 +107,7 @@ class Agent:
             except ValidationError as exc:
                 # Written by another version of the agent: run without it
                 # rather than not at all; the retained config comes back on connect.
-                log.error("stored zone set unusable, ignoring it: %s", first_error(exc))
+                log.error("stored zone set unusable, ignoring it: %s", validation_reason(exc))
         if self.cfg.geofence.zones_file is not None:
             return load_zone_file(self.cfg.geofence.zones_file).model_copy(update={"version": 0})
         return ZoneSet(version=0, zones=[])

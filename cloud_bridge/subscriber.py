@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from agent.messages import MAX_PAYLOAD_BYTES, Batch, Event, Status
+from agent.messages import MAX_PAYLOAD_BYTES, Batch, Event, Status, validation_reason
 from cloud_bridge.storage import BridgeStore
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,5 @@ def _validate(model: type[M], payload: bytes) -> M:
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "payload"
-        kind = "invalid_json" if err["type"] == "json_invalid" else "invalid_schema"
-        raise Rejected(kind, f"{where}: {err['msg']}") from None
+        kind = "invalid_json" if exc.errors()[0]["type"] == "json_invalid" else "invalid_schema"
+        raise Rejected(kind, validation_reason(exc)) from None

@@ -38,7 +38,7 @@ from agent.geofence.index import ZoneIndex
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix
 from agent.gps.motion import WindowSpeed
-from agent.messages import EventData
+from agent.messages import EventData, utc_iso
 
 UNKNOWN, OUTSIDE, INSIDE = 0, 1, 2
 #: Without a receiver speed, window speeds below this are drift, not travel.
@@ -89,7 +89,7 @@ def _dt(t: float) -> datetime:
 
 
 def _iso(t: float) -> str:
-    return _dt(t).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_iso(_dt(t), "milliseconds")
 
 
 class GeofenceDetector:

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.messages import validation_reason
+
 MAX_ZONES = 10_000
 MAX_RING_POINTS = 5_000
 MAX_HOLES = 100
@@ -173,19 +175,12 @@ class ZoneSet(_Model):
         return self
 
 
-def _reason(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
-
-
 def zoneset_from_obj(obj: Any) -> ZoneSet:
     """Validate a mapping in the :class:`ZoneSet` shape, raising :class:`ZoneError`."""
     try:
         return ZoneSet.model_validate(obj)
     except ValidationError as exc:
-        raise ZoneError(_reason(exc)) from None
+        raise ZoneError(validation_reason(exc)) from None
 
 
 _GEOJSON_PROPS = ("name", "tags", "dwell_s", "speed_limit_kmh")
@@ -261,7 +256,7 @@ def zoneset_from_geojson(obj: dict[str, Any], version: int) -> ZoneSet:
             raise ZoneError(
                 f"features[{idx}] (id {zones[idx]['id']!r}): {rest + ': ' if rest else ''}{msg}"
             ) from None
-        raise ZoneError(_reason(exc)) from None
+        raise ZoneError(validation_reason(exc)) from None
 
 
 def load_zone_file(path: str | Path) -> ZoneSet:

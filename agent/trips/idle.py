@@ -24,9 +24,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from agent.gps.fix import Fix
-from agent.messages import EventData
+from agent.messages import EventData, utc_iso
 from agent.obd.state import EngineSample, EngineState
-from agent.trips.stops import StopDetector, event, iso
+from agent.trips.stops import StopDetector, event
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +180,14 @@ class IdleDetector:
         if self._started and not self._excessive and lasted >= self.excessive_s:
             self._excessive = True
             at = since + timedelta(seconds=self.excessive_s)
-            data = {"start": iso(since), "excessive_s": self.excessive_s}
+            data = {"start": utc_iso(since), "excessive_s": self.excessive_s}
             events.append(event("excessive_idle", at, self._pos, data))
 
     def _end(self, end: datetime) -> EventData:
         since = self._since
         assert since is not None
         data: dict[str, Any] = {
-            "start": iso(since),
+            "start": utc_iso(since),
             "duration_s": round((end - since).total_seconds(), 1),
             "excessive": self._excessive,
         }

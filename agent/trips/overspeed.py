@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent.gps.fix import Fix
-from agent.messages import EventData
-from agent.trips.stops import KMH_PER_MPS, event, iso
+from agent.messages import EventData, utc_iso
+from agent.trips.stops import KMH_PER_MPS, event
 
 
 @dataclass(slots=True)
@@ -107,8 +107,8 @@ class OverspeedDetector:
         if duration < self.min_duration_s:
             return
         data = {
-            "start": iso(ep.start),
-            "end": iso(end),
+            "start": utc_iso(ep.start),
+            "end": utc_iso(end),
             "duration_s": round(duration, 1),
             "max_speed_kmh": round(ep.max_kmh, 1),
             "limit_kmh": ep.limit_kmh,

@@ -29,14 +29,9 @@ from typing import Any
 from agent.gps.fix import Fix
 from agent.gps.geo import haversine_m
 from agent.gps.motion import WindowSpeed
-from agent.messages import EventData
+from agent.messages import EventData, utc_iso
 
 KMH_PER_MPS = 3.6
-
-
-def iso(ts: datetime) -> str:
-    """UTC ISO 8601 with ``Z``, as event data carries times."""
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def event(
@@ -181,5 +176,5 @@ class StopDetector:
         end = min(self._leave, self._rolling or self._leave)
         self.last_stop = Stop(stop.start, end, stop.lat, stop.lon)
         self._stop, self._leave, self._cand, self._rolling = None, None, None, None
-        data = {"start": iso(stop.start), "duration_s": round(self.last_stop.duration_s, 1)}
+        data = {"start": utc_iso(stop.start), "duration_s": round(self.last_stop.duration_s, 1)}
         return [event("stop_end", end, (stop.lat, stop.lon), data)]

@@ -27,9 +27,9 @@ from typing import Any
 
 from agent.gps.fix import Fix
 from agent.gps.geo import haversine_m
-from agent.messages import EventData
+from agent.messages import EventData, utc_iso
 from agent.obd.state import EngineSample, EngineState
-from agent.trips.stops import KMH_PER_MPS, StopDetector, event, iso
+from agent.trips.stops import KMH_PER_MPS, StopDetector, event
 
 
 @dataclass(slots=True)
@@ -186,7 +186,7 @@ class TripDetector:
         duration = (end - trip.start).total_seconds()
         data: dict[str, Any] = {
             "reason": reason,
-            "start": iso(trip.start),
+            "start": utc_iso(trip.start),
             "distance_m": round(trip.distance_m, 1),
             "duration_s": round(duration, 1),
             "driving_s": round(min(trip.driving_s, duration), 1),
