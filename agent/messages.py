@@ -97,7 +97,6 @@ class Event(EventData):
     seq: Seq
 
 
-RecordData = Annotated[PositionData | EventData, Field(discriminator="kind")]
 Record = Annotated[Position | Event, Field(discriminator="kind")]
 
 
