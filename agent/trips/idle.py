@@ -114,6 +114,7 @@ class IdleDetector:
         self.stops = StopDetector() if stops is None else stops
         self.engine = EngineState.UNKNOWN
         self._engine_since: datetime | None = None  # when the engine last became RUNNING
+        self._engine_until: datetime | None = None  # when it last stopped RUNNING
         self._fuel = FuelIntegrator(fuel_max_gap_s)
         self._now: datetime | None = None
         self._since: datetime | None = None  # start of the current idle
@@ -137,6 +138,10 @@ class IdleDetector:
     def feed_engine(self, sample: EngineSample) -> list[EventData]:
         if sample.state is EngineState.RUNNING and self.engine is not EngineState.RUNNING:
             self._engine_since = sample.time
+        if sample.state is not EngineState.RUNNING and self.engine is EngineState.RUNNING:
+            # Engine-state changes arrive back-dated to the first sample that
+            # showed them, possibly after later fixes: the idle ends then.
+            self._engine_until = sample.time
         self.engine = sample.state
         self._fuel.add(sample.time.timestamp(), sample.fuel_rate_lph)
         self._tick(sample.time)
@@ -162,6 +167,8 @@ class IdleDetector:
             end = now
             if not stops.stopped and last is not None and last.end >= self._since:
                 end = min(last.end, now)
+            if self.engine is not EngineState.RUNNING and self._engine_until is not None:
+                end = min(end, max(self._engine_until, self._since))
             self._thresholds(end, events)
             if self._started:
                 events.append(self._end(end))
