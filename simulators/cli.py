@@ -3,8 +3,11 @@
     telematics-sim list
     telematics-sim info SCENARIO
     telematics-sim gps --scenario S (--pty | --tcp PORT | --out FILE) [options]
+    telematics-sim elm327 --scenario S (--pty [--link PATH] | --tcp PORT) [options]
+    telematics-sim can --scenario S [--interface socketcan|virtual|udp_multicast] [--channel C]
+    telematics-sim obd-log --scenario S [--out FILE]
     telematics-sim zones --scenario S [--format geojson|zoneset|toml]
-    telematics-sim truth --scenario S [--duration SEC] [--loop]
+    telematics-sim truth --scenario S [--kind zones|idle|engine] [--duration SEC] [--loop]
 
 Scripts read the first stdout line (the pty path, or the TCP port) and then
 talk to the device; the one-line summary goes to stderr at the end.  Exit
@@ -24,12 +27,23 @@ import sys
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from types import FrameType
+from typing import Protocol
 
+from simulators.can_ecu import add_can_arguments, run_can
+from simulators.ecu import EcuModel
+from simulators.elm327 import Elm327, Elm327Device, ElmSummary, PtyPort, TcpPort
 from simulators.gps_device import GpsDevice, Outlet, PtyOutlet, RunSummary, TcpOutlet, write_drive
 from simulators.nmea_out import EncodedEpoch, iter_epochs
 from simulators.route import build_drive
 from simulators.scenario import Scenario, ScenarioError, bundled_scenarios, load_scenario, with_gnss
-from simulators.truth import zone_visits, zones_geojson, zones_toml, zoneset
+from simulators.truth import (
+    engine_periods,
+    idle_periods,
+    zone_visits,
+    zones_geojson,
+    zones_toml,
+    zoneset,
+)
 
 __all__ = ["main"]
 
@@ -54,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             return _zones(load_scenario(args.scenario), args.format)
         if args.command == "truth":
             return _truth(parser, args)
+        if args.command == "elm327":
+            return _elm327(args)
+        if args.command == "can":
+            return run_can(args, prog=f"{PROG} can")
+        if args.command == "obd-log":
+            return _obd_log(args)
         return _gps(parser, args)
     except ScenarioError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -85,6 +105,38 @@ def _parser() -> argparse.ArgumentParser:
     gps.add_argument("--duration", type=_positive, metavar="SEC", help="stop after SEC simulated")
     gps.add_argument("--loop", action="store_true", help="repeat the route (needs --duration)")
 
+    can_sim = sub.add_parser(
+        "can", help="OBD-II engine ECU on a CAN bus (socketcan, virtual, udp_multicast)"
+    )
+    add_can_arguments(can_sim)
+    obd_log = sub.add_parser(
+        "obd-log", help="the drive as an OBD log (JSON lines) for telematics-agent replay --obd"
+    )
+    obd_log.add_argument("--scenario", required=True, help="scenario file or bundled name")
+    obd_log.add_argument("--out", default="-", help="file to write, - for stdout (default)")
+    elm = sub.add_parser("elm327", help="ELM327 OBD-II adapter on a pty or over TCP")
+    elm.add_argument("--scenario", required=True, help="scenario file or bundled name")
+    where = elm.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")
+    where.add_argument(
+        "--tcp", type=_port, metavar="PORT", help="serve one TCP client (0: any port)"
+    )
+    elm.add_argument("--link", metavar="PATH", help="with --pty: keep this symlink on the pty")
+    elm.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    elm.add_argument(
+        "--speed", type=_positive, metavar="X", help="simulated seconds per wall second (1)"
+    )
+    elm.add_argument(
+        "--start-offset",
+        type=_non_negative,
+        default=0.0,
+        metavar="SEC",
+        help="scenario second at which to start (default 0)",
+    )
+    elm.add_argument(
+        "--duration", type=_positive, metavar="SEC", help="stop after SEC simulated seconds"
+    )
+
     zones = sub.add_parser("zones", help="print the scenario's geofence zones")
     zones.add_argument("--scenario", required=True, help="scenario file or bundled name")
     zones.add_argument(
@@ -93,8 +145,14 @@ def _parser() -> argparse.ArgumentParser:
         default="geojson",
         help="GeoJSON FeatureCollection (default), zone set as JSON, or zone set as TOML",
     )
-    truth = sub.add_parser("truth", help="true zone visits as JSON lines")
+    truth = sub.add_parser("truth", help="true zone visits, idles or engine runs as JSON lines")
     truth.add_argument("--scenario", required=True, help="scenario file or bundled name")
+    truth.add_argument(
+        "--kind",
+        choices=("zones", "idle", "engine"),
+        default="zones",
+        help="zone visits (default), idle periods, or engine running periods",
+    )
     truth.add_argument(
         "--duration", type=_positive, metavar="SEC", help="period in simulated seconds"
     )
@@ -113,6 +171,13 @@ def _positive(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError("must be a number >= 0")
     return value
 
 
@@ -160,8 +225,20 @@ def _truth(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.loop and args.duration is None:
         parser.error("truth with --loop needs --duration (the drive would never end)")
     scenario = load_scenario(args.scenario)
-    visits = zone_visits(scenario, duration_s=args.duration, loop=args.loop)
-    _emit(json.dumps(v.to_json(), ensure_ascii=False) + "\n" for v in visits)
+    if args.kind == "zones":
+        visits = zone_visits(scenario, duration_s=args.duration, loop=args.loop)
+        _emit(json.dumps(v.to_json(), ensure_ascii=False) + "\n" for v in visits)
+        return 0
+    if args.loop or args.duration is not None:
+        parser.error(f"truth --kind {args.kind} covers the route once: no --loop or --duration")
+    if args.kind == "idle":
+        _emit(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in idle_periods(scenario))
+        return 0
+    runs = [
+        {"start_s": round(lo, 3), "end_s": round(hi, 3), "duration_s": round(hi - lo, 3)}
+        for lo, hi in engine_periods(scenario)
+    ]
+    _emit(json.dumps(r) + "\n" for r in runs)
     return 0
 
 
@@ -217,12 +294,16 @@ class _SetupError(Exception):
     """The device could not be set up (port in use, no ptys, unwritable file)."""
 
 
+class _Stoppable(Protocol):
+    def request_stop(self, reason: str = ...) -> None: ...
+
+
 class _StopBy:
     """Which signal asked us to stop; forwards the request to the running device."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
-        self.device: GpsDevice | None = None
+        self.device: _Stoppable | None = None
 
     def requested(self) -> bool:
         return self.signal is not None
@@ -290,6 +371,77 @@ def _write_out(epochs: Iterator[EncodedEpoch], target: str, stop_by: _StopBy) ->
     elif stop_by.signal is not None:
         summary.stopped_by = stop_by.signal
     return summary
+
+
+# --------------------------------------------------------------------------- obd-log
+
+
+def _obd_log(args: argparse.Namespace) -> int:
+    from simulators.obd_log import iter_obd_log
+
+    scenario = load_scenario(args.scenario)
+    lines = (ex.to_json() + "\n" for ex in iter_obd_log(scenario))
+    if args.out == "-":
+        _emit(lines)
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+    except OSError as exc:
+        print(f"{PROG}: cannot write {args.out}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- elm327
+
+
+def _elm327(args: argparse.Namespace) -> int:
+    if args.link and not args.pty:
+        print(f"{PROG} elm327: --link needs --pty", file=sys.stderr)
+        return 2
+    scenario = load_scenario(args.scenario)
+    elm = Elm327(EcuModel(scenario))
+    port: PtyPort | TcpPort = PtyPort(args.link) if args.pty else TcpPort(args.host, args.tcp)
+    device = Elm327Device(
+        elm,
+        port,
+        speed=args.speed or 1.0,
+        start_offset_s=args.start_offset,
+        duration_s=None if args.duration is None else args.start_offset + args.duration,
+    )
+    with _signals() as stop_by:
+        try:
+            try:
+                device.open()
+            except OSError as exc:
+                print(f"{PROG}: cannot start the device: {exc}", file=sys.stderr)
+                return 1
+            print(port.path if isinstance(port, PtyPort) else port.port, flush=True)
+            stop_by.device = device
+            if stop_by.signal is not None:
+                device.request_stop(stop_by.signal)
+            summary = device.run()
+        finally:
+            device.close()
+    _report_elm(scenario, summary, args.speed, port.label)
+    return 0
+
+
+def _report_elm(scenario: Scenario, s: ElmSummary, speed: float | None, label: str) -> None:
+    """One line on stderr: requests served, faults injected, how the run ended."""
+    how = f"stopped by {s.stopped_by}" if s.stopped_by else "duration reached"
+    pace = f" (x{speed:g})" if speed else ""
+    faults = ", ".join(f"{kind} {n}" for kind, n in sorted(s.faults.items())) or "none"
+    line = (
+        f"{PROG} elm327: {scenario.name}: {s.commands} commands ({s.obd_requests} OBD "
+        f"requests), faults injected: {faults}; {s.sim_seconds:.1f} s simulated in "
+        f"{s.wall_seconds:.1f} s{pace}, {how}; {label}"
+    )
+    if label.startswith("tcp"):
+        line += f", {s.connections} connections"
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _report(scenario: Scenario, summary: RunSummary, speed: float | None, end: str) -> None:

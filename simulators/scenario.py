@@ -1,10 +1,10 @@
 """Scenario files: one TOML file drives every simulator of a test drive.
 
-The same file will drive the GPS, ELM327, CAN and IMU simulators, so that all
-of them describe one consistent drive.  Sections for the simulators that do
-not exist yet (``engine``, ``obd``, ``can``, ``imu``, ``events``, ``dtcs``) are
-validated now, so that a file written today stays valid; the GPS simulator
-ignores them.  Unknown keys are errors: a misspelt key silently ignored is a
+The same file drives the GPS, ELM327, CAN and IMU simulators, so that all of
+them describe one consistent drive: ``engine``, ``obd`` and ``dtcs`` feed the
+ECU model (``ecu.py``) behind the ELM327 and CAN simulators; sections for
+simulators that do not exist yet (``imu``, ``events``) are validated now, so
+that a file written today stays valid.  Unknown keys are errors: a misspelt key silently ignored is a
 test that does not test what its author thinks.  Every error names the key
 (``route.waypoints[3].lat: ...``).  docs/SIMULATORS.md documents every key.
 """
@@ -34,14 +34,18 @@ from simulators.route import haversine_m, point_in_ring
 
 __all__ = [
     "DEFAULT_ZONE_DWELL_S",
+    "DISCOVERY_PIDS",
+    "ENCODED_PIDS",
     "Can",
     "CircleShape",
     "Dtc",
     "Engine",
     "Event",
+    "FaultKind",
     "Gnss",
     "Imu",
     "Obd",
+    "ObdFault",
     "Outage",
     "PolygonShape",
     "Route",
@@ -111,6 +115,7 @@ class Waypoint(_Section):
     accel_mps2: float | None = Field(None, gt=0, le=6.0)
     decel_mps2: float | None = Field(None, gt=0, le=10.0)
     zone_radius_m: float | None = Field(None, gt=0, le=5000)
+    engine: Literal["idle", "off"] | None = None
 
 
 class Route(_Section):
@@ -130,6 +135,12 @@ class Route(_Section):
                 raise _KeyProblem(
                     f"waypoints[{i}].zone_radius_m",
                     "only on a stop (a waypoint with dwell_s): the zone is centred on the stop",
+                )
+            if wp.engine is not None and wp.dwell_s is None:
+                raise _KeyProblem(
+                    f"waypoints[{i}].engine",
+                    "only on a stop (a waypoint with dwell_s): the vehicle never moves "
+                    "with the engine off",
                 )
         for i, wp in enumerate(wps[:-1]):
             if wp.speed_kmh is None:
@@ -299,7 +310,16 @@ def _stop_zones(route: Route) -> list[tuple[int, Zone]]:
     return out
 
 
-# ------------------------------------------------- later simulators (validated, unused)
+# ------------------------------------------------- engine, OBD and later simulators
+
+# Mode 01 PIDs that simulators/ecu.py can encode (the data PIDs; the discovery
+# PIDs 00, 20, 40 ... are added as the supported set needs them).  Kept here so
+# a scenario naming a PID the ECU cannot answer is rejected when it is loaded.
+ENCODED_PIDS = frozenset(
+    {0x01, 0x04, 0x05, 0x0C, 0x0D, 0x0F, 0x10, 0x11, 0x1C, 0x1F, 0x21, 0x2F, 0x31, 0x42}
+    | {0x46, 0x5E, 0xA6}
+)
+DISCOVERY_PIDS = frozenset(range(0x00, 0x100, 0x20))
 
 
 class Engine(_Section):
@@ -309,11 +329,15 @@ class Engine(_Section):
     redline_rpm: int = Field(6000, ge=1500, le=12000)
     rpm_per_kmh: float = Field(28.0, gt=0, le=200)
     off_at_stops_longer_than_s: Seconds | None = 120.0
+    off_after_arrival_s: float = Field(5.0, ge=0, le=600)
+    start_before_departure_s: float = Field(8.0, ge=0, le=600)
     coolant_start_c: float = Field(20.0, ge=-40, le=120)
     coolant_operating_c: float = Field(90.0, ge=40, le=130)
     fuel_level_start_pct: float = Field(75.0, ge=0, le=100)
     fuel_l_per_100km: float = Field(9.0, gt=0, le=100)
+    idle_fuel_l_per_h: float = Field(0.8, ge=0, le=20)
     tank_l: float = Field(60.0, gt=0, le=1500)
+    odometer_start_km: float = Field(48213.0, ge=0, le=2_000_000)
 
     @model_validator(mode="after")
     def _rpm_order(self) -> Engine:
@@ -322,13 +346,52 @@ class Engine(_Section):
         return self
 
 
+FaultKind = Literal[
+    "silence",
+    "no_data",
+    "disconnect",
+    "slow",
+    "garbage",
+    "can_error",
+    "bus_init_error",
+    "stopped",
+    "unable_to_connect",
+    "buffer_full",
+]
+
+
+class ObdFault(_Section):
+    """A misbehaving adapter or bus from ``at_s`` for ``duration_s`` (scenario seconds)."""
+
+    at_s: Seconds
+    duration_s: float = Field(gt=0, le=86400)
+    kind: FaultKind
+    delay_ms: float | None = Field(None, gt=0, le=60_000)
+
+    @model_validator(mode="after")
+    def _delay_for_slow(self) -> ObdFault:
+        if self.delay_ms is not None and self.kind != "slow":
+            raise _KeyProblem("delay_ms", f"only with kind = 'slow' (this fault is {self.kind!r})")
+        return self
+
+    @property
+    def end_s(self) -> float:
+        """Scenario second when the fault is over."""
+        return self.at_s + self.duration_s
+
+    def active(self, t: float) -> bool:
+        """Whether the fault is on at scenario second ``t``."""
+        return self.at_s <= t < self.end_s
+
+
 class Obd(_Section):
-    """ELM327 adapter behaviour (not used by GPS)."""
+    """ELM327 adapter behaviour and what the engine ECU answers."""
 
     elm_version: str = "ELM327 v1.5"
     protocol: str = Field("6", pattern=r"^[1-9A-C]$")
     response_delay_ms: float = Field(40.0, ge=0, le=5000)
     supported_pids: tuple[str, ...] | None = None
+    faults: tuple[ObdFault, ...] = ()
 
     @field_validator("supported_pids")
     @classmethod
@@ -336,6 +399,11 @@ class Obd(_Section):
         for i, pid in enumerate(pids or ()):
             if len(pid) != 2 or any(c not in "0123456789ABCDEF" for c in pid):
                 raise _KeyProblem(f"[{i}]", f"{pid!r} is not a two-digit upper-case hex PID")
+            if int(pid, 16) not in ENCODED_PIDS | DISCOVERY_PIDS:
+                known = " ".join(f"{p:02X}" for p in sorted(ENCODED_PIDS))
+                raise _KeyProblem(
+                    f"[{i}]", f"the simulated ECU cannot encode PID {pid} (it knows {known})"
+                )
         return pids
 
 
@@ -379,6 +447,10 @@ class Dtc(_Section):
         if self.cleared_at_s is not None and self.cleared_at_s <= self.at_s:
             raise _KeyProblem("cleared_at_s", "must be later than at_s")
         return self
+
+    def active(self, t: float) -> bool:
+        """Whether the ECU holds the code at scenario second ``t`` (before any mode 04)."""
+        return self.at_s <= t and (self.cleared_at_s is None or t < self.cleared_at_s)
 
 
 # --------------------------------------------------------------------------- the file

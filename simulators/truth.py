@@ -10,6 +10,10 @@ by bisection to ``tolerance_s`` (1 ms by default).  A pass that clips a zone
 for less than one step (a chord of well under a metre through a circle's
 edge) can be missed; nothing else can.
 
+Engine truth for the idle and trip detectors comes from the same schedule the
+ECU model answers from (``ecu.engine_schedule``): ``engine_periods`` (running
+intervals) and ``idle_periods`` (engine running, vehicle stopped).
+
 Also renders a scenario's zones for the agent: as GeoJSON (circles as Point
 features with ``properties.radius_m``, polygons as Polygon features with
 closed ``[lon, lat]`` rings) and as a zone set (``{version, zones}``, the shape
@@ -23,13 +27,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from simulators.ecu import engine_schedule
 from simulators.route import build_drive, haversine_m, local_xy_m, point_in_ring, state_at
 from simulators.scenario import CircleShape, Scenario, Zone
 
 __all__ = [
     "ZONESET_VERSION",
+    "IdlePeriod",
     "Visit",
     "border_distance_m",
+    "engine_periods",
+    "idle_periods",
     "zone_contains",
     "zone_visits",
     "zones_geojson",
@@ -242,6 +250,75 @@ def _utc(scenario: Scenario, seconds: float) -> datetime:
 
 def _iso(utc: datetime) -> str:
     return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass(frozen=True, slots=True)
+class IdlePeriod:
+    """A continuous time with the engine running and the vehicle stopped (speed 0).
+
+    ``start_s``/``end_s`` are scenario seconds (``start``/``end`` the same in
+    UTC); ``stop_name`` and ``waypoint`` name the stop where it idles.
+    """
+
+    start_s: float
+    end_s: float
+    duration_s: float
+    stop_name: str
+    waypoint: int
+    start: datetime
+    end: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict; times as ISO 8601 UTC with milliseconds and ``Z``."""
+        return {
+            "stop": self.stop_name,
+            "waypoint": self.waypoint,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "duration_s": self.duration_s,
+        }
+
+
+def engine_periods(scenario: Scenario) -> list[tuple[float, float]]:
+    """The engine's running intervals ``[start, end)``, scenario seconds, in order.
+
+    The same schedule the ECU model answers from; the last interval ends when
+    the engine goes off for good at the end of the route.
+    """
+    return engine_schedule(scenario)
+
+
+def idle_periods(scenario: Scenario) -> list[IdlePeriod]:
+    """Every idle of the route: engine running while stopped at a stop, in order.
+
+    A stop with the engine ``off`` gives two short idles (before it stops and
+    after it restarts); stops with ``dwell_s = 0`` give none.
+    """
+    drive = build_drive(scenario)
+    running = engine_schedule(scenario, drive)
+    out = []
+    for visit in drive.first.stops:
+        for lo, hi in running:
+            start, end = max(lo, visit.arrive_s), min(hi, visit.depart_s)
+            if end - start > 1e-9:
+                start, end = round(start, 3), round(end, 3)
+                out.append(
+                    IdlePeriod(
+                        start_s=start,
+                        end_s=end,
+                        duration_s=round(end - start, 3),
+                        stop_name=visit.name,
+                        waypoint=visit.waypoint,
+                        start=_utc(scenario, start),
+                        end=_utc(scenario, end),
+                    )
+                )
+    return out
 
 
 # --------------------------------------------------------------------------- rendering

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from simulators.cli import main
 from simulators.nmea_out import iter_epochs
 from simulators.scenario import load_scenario, with_gnss
+from simulators.truth import idle_periods
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,13 +24,13 @@ def test_list_names_the_bundled_scenarios(capsys: pytest.CaptureFixture[str]) ->
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()]
     assert names == ["highway", "parked_drift", "urban_20_stops", "urban_delivery"]
-    assert "km" in out and "5 stops" in out
+    assert "km" in out and "7 stops" in out  # urban_delivery: 5 drops, 2 lights
 
 
 def test_info_gives_the_stop_schedule(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", "urban_delivery"]) == 0
     out = capsys.readouterr().out
-    assert "Drop 1 Zuilen" in out and "dwell   120s" in out and "driving 0:13:" in out
+    assert "Drop 1 Zuilen" in out and "dwell   120s" in out and "driving 0:15:" in out
 
 
 def test_out_file_is_the_whole_drive_as_the_renderer_makes_it(
@@ -108,3 +110,21 @@ def test_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
         port = taken.getsockname()[1]
         assert main(["gps", "--scenario", "urban_delivery", "--tcp", str(port)]) == 1
     assert "cannot start the device" in capsys.readouterr().err
+
+
+def test_truth_kinds_idle_and_engine(capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = load_scenario("urban_delivery")
+    assert main(["truth", "--scenario", "urban_delivery", "--kind", "idle"]) == 0
+    idles = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert idles == [p.to_json() for p in idle_periods(scenario)]
+    assert (
+        idles[0]["stop"] == "Depot Lage Weide" and idles[0]["start"] == "2024-05-14T07:30:00.000Z"
+    )
+    assert main(["truth", "--scenario", "parked_drift", "--kind", "engine"]) == 0
+    runs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["start_s"] for r in runs] == [1792.0]
+    assert main(["truth", "--scenario", "urban_delivery", "--kind", "zones"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5  # the five drop zones
+    with pytest.raises(SystemExit):
+        main(["truth", "--scenario", "urban_delivery", "--kind", "idle", "--duration", "60"])
+    assert "covers the route once" in capsys.readouterr().err
