@@ -22,12 +22,14 @@ from agent.config import (
     AgentConfig,
     ConfigError,
     GeofenceConfig,
+    ObdConfig,
     SamplerConfig,
     TripsConfig,
     load_config,
 )
 from agent.geofence.model import ZoneError as ZoneFileError
 from agent.messages import batch_json, record_body, with_seq
+from agent.pipeline import Output
 
 EXIT_CONFIG = 2
 
@@ -43,7 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     check = cfg_sub.add_parser("check", help="validate a config file without running")
     check.add_argument("file", type=Path)
     rp = sub.add_parser("replay", help="run the pipeline on a recording, print what it would send")
-    rp.add_argument("--nmea", type=Path, required=True, help="recorded NMEA 0183 file")
+    rp.add_argument("--nmea", type=Path, help="recorded NMEA 0183 file")
+    rp.add_argument(
+        "--obd", type=Path, help="recorded OBD log (JSON lines, docs/PROTOCOL.md), merged by time"
+    )
+    rp.add_argument(
+        "--candump",
+        type=Path,
+        help="candump -l log: print the OBD service 01 readings found on the bus (alone)",
+    )
     rp.add_argument("--every-fix", action="store_true", help="one position per fix, sampler off")
     rp.add_argument(
         "--zones", type=Path, help="geofences: GeoJSON FeatureCollection or zone-set JSON/TOML"
@@ -64,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config_check(path: Path) -> int:
     cfg = load_config(path)
     print(
-        f"{path}: ok: device {cfg.device.id}, gps {cfg.gps.source}, "
+        f"{path}: ok: device {cfg.device.id}, gps {cfg.gps.source}, obd {cfg.obd.source}, "
         f"broker {cfg.mqtt.host}:{cfg.mqtt.port} ({'TLS' if cfg.mqtt.tls else 'no TLS'}), "
         f"outbox {cfg.buffer.path}, config hash {cfg.digest()}"
     )
@@ -72,7 +82,7 @@ def _config_check(path: Path) -> int:
 
 
 def replay(
-    nmea: Path,
+    nmea: Path | None,
     out: TextIO,
     *,
     device: str,
@@ -82,28 +92,86 @@ def replay(
     zones: Path | None = None,
     geofence: GeofenceConfig | None = None,
     trips: TripsConfig | None = None,
+    obd: Path | None = None,
+    obd_cfg: ObdConfig | None = None,
 ) -> int:
     """Print, as JSON lines, the payloads the live agent would publish for a recording.
 
     Each line is ``{"topic": ..., "payload": <Batch>}`` holding one record, as
     the live agent sends them one commit window at a time.  The epoch is
-    derived from the file's content so the output is reproducible.
+    derived from the files' content so the output is reproducible.  NMEA
+    fixes and OBD exchanges are merged by their own UTC times, as the live
+    agent receives them.
     """
     from agent.geofence.model import load_zone_file
     from agent.gps.nmea import iter_file_fixes
+    from agent.obd.exchange import LogReport, read_log
+    from agent.obd.processor import ObdProcessor
     from agent.pipeline import Pipeline, geofence_detector
 
-    epoch = hashlib.sha256(nmea.read_bytes()).hexdigest()[:32]
+    digest = hashlib.sha256()
+    for path in (nmea, obd):
+        if path is not None:
+            digest.update(path.read_bytes())
+    epoch = digest.hexdigest()[:32]
     detector = None
     if zones is not None:
         detector = geofence_detector(geofence or GeofenceConfig(), load_zone_file(zones))
-    pipeline = Pipeline(sampler, every_fix=every_fix, geofence=detector, trips=trips)
+    processor = None
+    if obd is not None:
+        processor = ObdProcessor((obd_cfg or ObdConfig()).snapshot_interval_s)
+    pipeline = Pipeline(sampler, every_fix=every_fix, geofence=detector, trips=trips, obd=processor)
     seq = 0
-    for fix in iter_file_fixes(nmea, rollover_floor=rollover_floor):
-        for stream, record in pipeline.feed_fix(fix):
+
+    def write(outputs: list[Output]) -> None:
+        nonlocal seq
+        for stream, record in outputs:
             seq += 1
             payload = batch_json(device, epoch, None, [with_seq(record_body(record), seq)])
             out.write(f'{{"topic":"fleet/{device}/{stream}","payload":{payload}}}\n')
+
+    report = LogReport()
+    exchanges = iter(read_log(obd, report)) if obd is not None else iter(())
+    pending = next(exchanges, None)
+    fixes = iter_file_fixes(nmea, rollover_floor=rollover_floor) if nmea is not None else ()
+    for fix in fixes:
+        while pending is not None and fix.time is not None and pending.ts <= fix.time:
+            write(pipeline.feed_obd(pending))
+            pending = next(exchanges, None)
+        write(pipeline.feed_fix(fix))
+    while pending is not None:
+        write(pipeline.feed_obd(pending))
+        pending = next(exchanges, None)
+    for number, why in report.rejected:
+        print(f"{obd}:{number}: rejected: {why}", file=sys.stderr)
+    if processor is not None and processor.rejected:
+        print(f"{obd}: replies not decoded: {dict(processor.rejected)}", file=sys.stderr)
+    return 0
+
+
+def replay_candump(path: Path, out: TextIO) -> int:
+    """Print the OBD readings found in a candump log as JSON lines; a summary on stderr."""
+    import json
+
+    from agent.obd.candump import replay_candump as read
+
+    report = read(path)
+    for r in report.readings:
+        out.write(
+            json.dumps(
+                {
+                    "t": r.timestamp,
+                    "id": f"{r.reply_id:X}",
+                    "name": r.name,
+                    "value": r.value,
+                    "unit": r.unit,
+                }
+            )
+            + "\n"
+        )
+    for number, why in report.errors[:20]:
+        print(f"{path}:{number}: {why}", file=sys.stderr)
+    print(report.summary(), file=sys.stderr)
     return 0
 
 
@@ -138,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             return _config_check(args.file)
         cfg = load_config(args.config) if args.config is not None else None
         if args.cmd == "replay":
+            if args.candump is not None:
+                if args.nmea or args.obd:
+                    raise ConfigError("--candump replays a CAN log alone (without --nmea/--obd)")
+                return replay_candump(args.candump, sys.stdout)
+            if args.nmea is None and args.obd is None:
+                raise ConfigError("replay needs --nmea, --obd (or both), or --candump")
             floor = args.rollover_floor or (cfg.gps.rollover_floor if cfg else None)
             return replay(
                 args.nmea,
@@ -149,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 zones=args.zones,
                 geofence=cfg.geofence if cfg else None,
                 trips=cfg.trips if cfg else None,
+                obd=args.obd,
+                obd_cfg=cfg.obd if cfg else None,
             )
         assert cfg is not None
         return _run(cfg)

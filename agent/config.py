@@ -156,6 +156,53 @@ class TripsConfig(_Section):
     overspeed_hysteresis_kmh: Annotated[float, Field(ge=0)] = 3.0
 
 
+_POLL_JOBS = ("voltage", "dtc", "mil")
+
+
+class ObdConfig(_Section):
+    source: Literal["none", "elm327", "can"] = Field(
+        "none",
+        description="none on phones; elm327 for USB/Bluetooth/Wi-Fi adapters; can for a CAN HAT",
+    )
+    port: str = Field(
+        "/dev/obd0",
+        description="ELM327 port: /dev/ttyUSB0, /dev/rfcomm0, or socket://192.168.0.10:35000",
+    )
+    baud: Literal[9600, 19200, 38400, 57600, 115200, 230400, 500000] = Field(
+        38400, description="always explicit: python-OBD's baud probe hangs on sockets"
+    )
+    protocol: Literal["auto", "1", "2", "3", "4", "5", "6", "7", "8", "9", "A", "B", "C"] = "auto"
+    read_timeout_s: Annotated[float, Field(gt=0, le=30)] = 2.0
+    can_interface: str = Field("socketcan", description="python-can interface (source = can)")
+    can_channel: str = Field("can0", description="python-can channel (source = can)")
+    can_bitrate: Literal[250000, 500000] = 500000
+    can_extended_ids: bool = Field(False, description="29-bit ISO 15765-4 addressing")
+    snapshot_interval_s: PositiveFloat = Field(10.0, description="period of OBD telemetry records")
+    poll: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description='poll period overrides: {"0C" = 1.0, "voltage" = 10, "dtc" = 120}',
+    )
+    reconnect_max_s: Annotated[float, Field(gt=0, le=300)] = 2.0
+    vehicle_retry_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    record: Path | None = Field(None, description="append every OBD exchange to this log file")
+
+    @model_validator(mode="after")
+    def _poll_items(self) -> ObdConfig:
+        from agent.obd.pids import SIGNALS
+
+        for item in self.poll:
+            if item in _POLL_JOBS:
+                continue
+            try:
+                pid = int(item, 16)
+            except ValueError:
+                pid = -1
+            if len(item) != 2 or pid not in SIGNALS:
+                known = ", ".join([f"{p:02X}" for p in sorted(SIGNALS)] + list(_POLL_JOBS))
+                raise ValueError(f"poll: {item!r} is not a PID we poll or a job; known: {known}")
+        return self
+
+
 class ClockConfig(_Section):
     source: Literal["auto", "system", "gnss"] = Field(
         "auto",
@@ -175,6 +222,7 @@ class AgentConfig(_Section):
     mqtt: MqttConfig = MqttConfig()
     geofence: GeofenceConfig = GeofenceConfig()
     trips: TripsConfig = TripsConfig()
+    obd: ObdConfig = ObdConfig()
     clock: ClockConfig = ClockConfig()
     log: LogConfig = LogConfig()
 

@@ -85,6 +85,21 @@ class EventData(_Model):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+VssName = Annotated[str, Field(pattern=r"^Vehicle(\.[A-Za-z][A-Za-z0-9]*){1,6}$", max_length=96)]
+
+
+class ObdData(_Model):
+    """A snapshot of vehicle-bus signals (OBD-II), named and unitised as COVESA VSS.
+
+    Sent on ``telemetry`` at ``obd.snapshot_interval_s``; each value is the
+    latest reading at ``ts`` (docs/PROTOCOL.md lists names and units).
+    """
+
+    kind: Literal["obd"] = "obd"
+    ts: UtcTime = Field(description="UTC time of the newest reading in the snapshot")
+    signals: Annotated[dict[VssName, float], Field(min_length=1, max_length=64)]
+
+
 class Position(PositionData):
     """A position record on the wire: the device's data plus its sequence number."""
 
@@ -97,7 +112,13 @@ class Event(EventData):
     seq: Seq
 
 
-Record = Annotated[Position | Event, Field(discriminator="kind")]
+class Obd(ObdData):
+    """An OBD snapshot record on the wire."""
+
+    seq: Seq
+
+
+Record = Annotated[Position | Event | Obd, Field(discriminator="kind")]
 
 
 class Batch(_Model):
@@ -158,7 +179,7 @@ class CommandResult(_Model):
     running_version: int = Field(description="the config version the device now runs")
 
 
-def record_body(record: PositionData | EventData) -> str:
+def record_body(record: PositionData | EventData | ObdData) -> str:
     """Compact JSON of a record without its seq, as the outbox stores it."""
     return record.model_dump_json(exclude_none=True)
 

@@ -18,7 +18,10 @@ from agent.geofence.detector import GeofenceDetector
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix
 from agent.gps.sampler import PositionSampler
-from agent.messages import EventData, PositionData, Stream
+from agent.messages import EventData, ObdData, PositionData, Stream
+from agent.obd.exchange import Exchange
+from agent.obd.processor import ObdProcessor
+from agent.obd.state import EngineSample
 from agent.trips.idle import IdleDetector
 from agent.trips.overspeed import OverspeedDetector
 from agent.trips.stops import StopDetector
@@ -26,7 +29,7 @@ from agent.trips.trips import TripDetector
 
 log = logging.getLogger(__name__)
 
-Output = tuple[Stream, PositionData | EventData]
+Output = tuple[Stream, PositionData | EventData | ObdData]
 
 
 class FixStateDetector:
@@ -84,6 +87,7 @@ class Pipeline:
         every_fix: bool = False,
         geofence: GeofenceDetector | None = None,
         trips: TripsConfig | None = None,
+        obd: ObdProcessor | None = None,
     ) -> None:
         cfg = sampler or SamplerConfig()
         self.sampler = PositionSampler(
@@ -113,11 +117,15 @@ class Pipeline:
             t.overspeed_hysteresis_kmh,
             limit_at=limits,
         )
+        self.obd = obd
+        self.position: tuple[float, float] | None = None  # last fix, to place OBD events
         self.fixes = 0
         self.rejected = 0  # fixes carrying a value no record may hold
 
     def feed_fix(self, fix: Fix) -> list[Output]:
         self.fixes += 1
+        if fix.has_position and fix.lat is not None and fix.lon is not None:
+            self.position = (fix.lat, fix.lon)
         try:
             out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
             out.extend(("telemetry", p) for p in self.sampler.feed(fix))
@@ -133,6 +141,22 @@ class Pipeline:
             self.rejected += 1
             log.warning("fix at %s rejected: %s", fix.time, exc.errors()[0]["msg"])
             return []
+        return out
+
+    def feed_obd(self, exchange: Exchange) -> list[Output]:
+        """One OBD exchange (stamped UTC): its records, then what engine state changed."""
+        if self.obd is None:
+            raise RuntimeError("pipeline built without an OBD processor")
+        result = self.obd.feed(exchange, self.position)
+        out: list[Output] = list(result.records)
+        for sample in result.engine:
+            out.extend(self.feed_engine(sample))
+        return out
+
+    def feed_engine(self, sample: EngineSample) -> list[Output]:
+        """Engine state from OBD (live or replayed) for the idle and trip detectors."""
+        out: list[Output] = [("events", e) for e in self.idle.feed_engine(sample)]
+        out.extend(("events", e) for e in self.trips.feed_engine(sample))
         return out
 
 

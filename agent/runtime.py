@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TextIO
 
 from pydantic import ValidationError
 
@@ -37,6 +39,11 @@ from agent.messages import (
     record_body,
     validation_reason,
 )
+from agent.obd.dtc import DtcTracker
+from agent.obd.link import ObdLink
+from agent.obd.processor import ObdProcessor
+from agent.obd.reader import Stamped
+from agent.obd.service import ObdService
 from agent.pipeline import Pipeline, geofence_detector
 from agent.remote_config import ConfigGate, Decision
 from agent.uplink import Uplink
@@ -68,6 +75,7 @@ class Agent:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         mono: Callable[[], float] = time.monotonic,
+        obd_link: ObdLink | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -77,9 +85,21 @@ class Agent:
         )
         self.zones = self._initial_zones()
         self.config_gate = ConfigGate()
+        self.obd: ObdService | None = None
+        processor = None
+        if cfg.obd.source != "none" or obd_link is not None:
+            processor = ObdProcessor(cfg.obd.snapshot_interval_s, dtcs=self._dtc_tracker())
+            self.obd = ObdService(cfg.obd, self.handle_obd, link=obd_link)
         self.pipeline = Pipeline(
-            cfg.sampler, geofence=geofence_detector(cfg.geofence, self.zones), trips=cfg.trips
+            cfg.sampler,
+            geofence=geofence_detector(cfg.geofence, self.zones),
+            trips=cfg.trips,
+            obd=processor,
         )
+        # OBD exchanges that completed before any trusted UTC existed.
+        self._obd_waiting: deque[Stamped] = deque(maxlen=4096)
+        self._obd_log: TextIO | None = None
+        self._obd_log_failed = False
         self.uplink = Uplink(
             cfg.mqtt,
             cfg.device.id,
@@ -111,6 +131,50 @@ class Agent:
         if self.cfg.geofence.zones_file is not None:
             return load_zone_file(self.cfg.geofence.zones_file).model_copy(update={"version": 0})
         return ZoneSet(version=0, zones=[])
+
+    def _dtc_tracker(self) -> DtcTracker:
+        """DTCs already reported before a restart are not announced again."""
+        tracker = DtcTracker()
+        stored = self.outbox.get_state("dtcs")
+        if stored is not None:
+            try:
+                tracker.seed(json.loads(stored))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("stored DTC state unusable, starting afresh: %s", exc)
+        return tracker
+
+    def handle_obd(self, stamped: Stamped) -> None:
+        """One exchange from the OBD reader thread (called on the loop)."""
+        self._obd_waiting.append(stamped)
+        if self.clock.utc_at(self._obd_waiting[0].mono) is None:
+            return  # no trusted time yet: keep (the newest 4096) until there is
+        obd = self.pipeline.obd
+        assert obd is not None
+        before = obd.dtcs.active
+        while self._obd_waiting:
+            item = self._obd_waiting.popleft()
+            ts = self.clock.utc_at(item.mono)
+            assert ts is not None
+            exchange = item.at(ts)
+            self._record_obd(exchange.to_json())
+            for stream, record in self.pipeline.feed_obd(exchange):
+                self._emit(stream, record, urgent=stream == "events")
+        if obd.dtcs.active != before:
+            with contextlib.suppress(sqlite3.Error):  # worst case: re-announced after restart
+                self.outbox.set_state("dtcs", json.dumps(obd.dtcs.known()))
+
+    def _record_obd(self, line: str) -> None:
+        path = self.cfg.obd.record
+        if path is None or self._obd_log_failed:
+            return
+        try:
+            if self._obd_log is None:
+                self._obd_log = path.open("a", encoding="utf-8")
+            self._obd_log.write(line + "\n")
+            self._obd_log.flush()
+        except OSError as exc:
+            self._obd_log_failed = True  # reported once; the agent itself goes on
+            log.error("OBD log %s: %s; recording stopped", path, exc)
 
     def handle_downlink(self, name: str, payload: bytes) -> None:
         """A retained ``config`` (or a ``cmd``) from the cloud: apply or refuse, answer."""
@@ -207,10 +271,15 @@ class Agent:
             "config_version": self.zones.version,
             "zones": len(self.zones.zones),
             "gps": self.source.status(),
+            **({"obd": self._obd_health()} if self.obd is not None else {}),
             "outbox": {**self.outbox.depth(), "dropped": self.outbox.dropped},
             "outbox_error": self.outbox.last_error,
             "uplink": self.uplink.status(),
         }
+
+    def _obd_health(self) -> dict[str, Any]:
+        assert self.obd is not None and self.pipeline.obd is not None
+        return {**self.obd.status(), **self.pipeline.obd.health()}
 
     # -- data path ------------------------------------------------------------
 
@@ -261,6 +330,8 @@ class Agent:
             asyncio.create_task(self._committer(), name="committer"),
             asyncio.create_task(self.uplink.run(), name="uplink"),
         ]
+        if self.obd is not None:
+            tasks.append(asyncio.create_task(self.obd.run(), name="obd"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -273,4 +344,6 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             self.outbox.close()
+            if self._obd_log is not None:
+                self._obd_log.close()
             log.info("agent stopped; last seq %d", self.outbox.last_seq)

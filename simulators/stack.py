@@ -92,6 +92,9 @@ class Stack:
         rate_hz: int = 1,
         device: str = "van-demo",
         duration_s: float | None = None,
+        obd: bool = False,
+        agent_extra: str = "",
+        status_interval_s: float | None = None,
     ) -> None:
         self.workdir = workdir
         self.scenario = scenario
@@ -108,6 +111,13 @@ class Stack:
         self.sim: Proc | None = None
         self.agent: Proc | None = None
         self.pty: str | None = None
+        # The ELM327 simulator, reached through a stable symlink like udev's /dev/obd0.
+        self.obd = obd
+        self.obd_port = workdir / "obd0"
+        self.obd_log = workdir / "obd.jsonl"
+        self.elm: Proc | None = None
+        self.agent_extra = agent_extra
+        self.status_interval_s = status_interval_s
 
     # -- pieces -----------------------------------------------------------------
 
@@ -157,6 +167,24 @@ class Stack:
             )
         self.pty = line
 
+    def start_elm(self) -> None:
+        """The ELM327 simulator on a pty behind ``obd_port``, paced like the GPS one."""
+        args = [
+            command("telematics-sim"),
+            "elm327",
+            "--scenario",
+            self.scenario,
+            "--pty",
+            "--link",
+            str(self.obd_port),
+            "--speed",
+            str(self.speed),
+        ]
+        self.elm = Proc(args, self.workdir / "elm.log", stdout_pipe=True)
+        line = self.elm.stdout.readline().decode().strip()
+        if not line.startswith("/dev/"):
+            raise RuntimeError(f"ELM327 simulator printed {line!r}; see {self.elm.log}")
+
     def write_zones(self) -> Path | None:
         """The scenario's zones as GeoJSON for the agent, when it has any."""
         from simulators.scenario import load_scenario
@@ -179,8 +207,21 @@ class Stack:
             "rollover_floor = 2020-01-01\n\n"
             f'[buffer]\npath = "{self.outbox_db}"\ncommit_interval_s = 0.5\n\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
-            "backoff_min_s = 0.5\nbackoff_max_s = 4.0\n\n"
-            f'{geofence}[log]\nlevel = "INFO"\n'
+            "backoff_min_s = 0.5\nbackoff_max_s = 4.0\n"
+            + (
+                f"status_interval_s = {self.status_interval_s}\n"
+                if self.status_interval_s is not None
+                else ""
+            )
+            + "\n"
+            f'{geofence}[log]\nlevel = "INFO"\n\n'
+            + (
+                f'[obd]\nsource = "elm327"\nport = "{self.obd_port}"\nbaud = 38400\n'
+                f'record = "{self.obd_log}"\n\n'
+                if self.obd
+                else ""
+            )
+            + self.agent_extra
         )
 
     def start_agent(self) -> None:
@@ -194,6 +235,8 @@ class Stack:
     def start(self) -> None:
         self.start_broker()
         self.start_bridge()
+        if self.obd:
+            self.start_elm()
         self.start_sim()
         self.start_agent()
 
@@ -242,7 +285,7 @@ class Stack:
         wait_for(done, timeout, "all committed records at the bridge", poll=0.25)
 
     def stop(self) -> None:
-        for proc in (self.agent, self.sim, self.bridge):
+        for proc in (self.agent, self.sim, self.elm, self.bridge):
             if proc is not None:
                 proc.stop()
         self.broker.stop()
