@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except BrokenPipeError:
         return 0
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

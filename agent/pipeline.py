@@ -10,6 +10,8 @@ geofences) plug in here beside the sampler.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -20,6 +22,7 @@ from agent.gps.fix import Fix
 from agent.gps.sampler import PositionSampler
 from agent.messages import EventData, ObdData, PositionData, Stream
 from agent.obd.exchange import Exchange
+from agent.obd.pids import ODOMETER
 from agent.obd.processor import ObdProcessor
 from agent.obd.state import EngineSample
 from agent.trips.idle import IdleDetector
@@ -79,6 +82,12 @@ class FixStateDetector:
         ]
 
 
+# Event types counted per trip in trip_end's ``harsh`` (the IMU issue adds them).
+HARSH_PREFIXES = ("harsh_", "impact")
+# No OBD exchange for this long (receiver time): the adapter is gone or hung.
+OBD_SILENT_S = 5.0
+
+
 class Pipeline:
     def __init__(
         self,
@@ -118,6 +127,8 @@ class Pipeline:
             limit_at=limits,
         )
         self.obd = obd
+        self._trip_odometer: float | None = None
+        self._trip_harsh: Counter[str] = Counter()
         self.position: tuple[float, float] | None = None  # last fix, to place OBD events
         self.fixes = 0
         self.rejected = 0  # fixes carrying a value no record may hold
@@ -128,13 +139,15 @@ class Pipeline:
             self.position = (fix.lat, fix.lon)
         try:
             out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
+            out.extend(self._obd_silent(fix))
             out.extend(("telemetry", p) for p in self.sampler.feed(fix))
             if self.geofence is not None:
                 out.extend(("events", e) for e in self.geofence.feed(fix))
-            out.extend(("events", e) for e in self.stops.feed(fix))
+            out.extend(("events", self._with_engine(e)) for e in self.stops.feed(fix))
             out.extend(("events", e) for e in self.idle.feed_fix(fix))
-            out.extend(("events", e) for e in self.trips.feed_fix(fix))
+            out.extend(("events", e) for e in self._trip_extras(self.trips.feed_fix(fix)))
             out.extend(("events", e) for e in self.overspeed.feed(fix))
+            self._count_harsh(out)
         except ValidationError as exc:
             # Garbled input without a checksum can carry anything; count it
             # and go on: one bad line must never stop the van's reporting.
@@ -143,11 +156,31 @@ class Pipeline:
             return []
         return out
 
+    def _obd_silent(self, fix: Fix) -> list[Output]:
+        """With no OBD exchange for a while, fixes move the engine state's clock on."""
+        obd = self.obd
+        if obd is None or fix.time is None or obd.last_exchange is None:
+            return []
+        if (fix.time - obd.last_exchange).total_seconds() < OBD_SILENT_S:
+            return []
+        result = obd.tick(fix.time, self.position)
+        out: list[Output] = list(result.records)
+        for sample in result.engine:
+            out.extend(self.feed_engine(sample))
+        return out
+
     def feed_obd(self, exchange: Exchange) -> list[Output]:
         """One OBD exchange (stamped UTC): its records, then what engine state changed."""
         if self.obd is None:
             raise RuntimeError("pipeline built without an OBD processor")
-        result = self.obd.feed(exchange, self.position)
+        try:
+            result = self.obd.feed(exchange, self.position)
+        except ValidationError as exc:
+            # A value no record may hold (a corrupt log line, a mad ECU):
+            # count it and go on, as for fixes.
+            self.rejected += 1
+            log.warning("OBD exchange %s rejected: %s", exchange.req, exc.errors()[0]["msg"])
+            return []
         out: list[Output] = list(result.records)
         for sample in result.engine:
             out.extend(self.feed_engine(sample))
@@ -156,8 +189,33 @@ class Pipeline:
     def feed_engine(self, sample: EngineSample) -> list[Output]:
         """Engine state from OBD (live or replayed) for the idle and trip detectors."""
         out: list[Output] = [("events", e) for e in self.idle.feed_engine(sample)]
-        out.extend(("events", e) for e in self.trips.feed_engine(sample))
+        out.extend(("events", e) for e in self._trip_extras(self.trips.feed_engine(sample)))
         return out
+
+    def _with_engine(self, event: EventData) -> EventData:
+        """Stops say what the engine did (``unknown`` on a phone: no idle is claimed)."""
+        return event.model_copy(update={"data": {**event.data, "engine": str(self.idle.engine)}})
+
+    def _trip_extras(self, events: list[EventData]) -> list[EventData]:
+        """Odometer distance (OBD PID A6) and harsh-event counts onto trip events."""
+        out = []
+        for e in events:
+            odo = self.obd.latest.get(ODOMETER) if self.obd is not None else None
+            if e.type == "trip_start":
+                self._trip_odometer, self._trip_harsh = odo, Counter()
+            elif e.type == "trip_end":
+                extra: dict[str, Any] = {"harsh": dict(sorted(self._trip_harsh.items()))}
+                if odo is not None and self._trip_odometer is not None:
+                    extra["odometer_km"] = round(odo - self._trip_odometer, 1)
+                e = e.model_copy(update={"data": {**e.data, **extra}})
+                self._trip_odometer, self._trip_harsh = None, Counter()
+            out.append(e)
+        return out
+
+    def _count_harsh(self, out: list[Output]) -> None:
+        for _stream, record in out:
+            if isinstance(record, EventData) and record.type.startswith(HARSH_PREFIXES):
+                self._trip_harsh[record.type] += 1
 
 
 def geofence_detector(cfg: GeofenceConfig, zones: ZoneSet) -> GeofenceDetector:

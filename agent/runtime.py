@@ -100,6 +100,8 @@ class Agent:
         self._obd_waiting: deque[Stamped] = deque(maxlen=4096)
         self._obd_log: TextIO | None = None
         self._obd_log_failed = False
+        self.obd_dropped = 0
+        self._stopping = False
         self.uplink = Uplink(
             cfg.mqtt,
             cfg.device.id,
@@ -145,6 +147,10 @@ class Agent:
 
     def handle_obd(self, stamped: Stamped) -> None:
         """One exchange from the OBD reader thread (called on the loop)."""
+        if self._stopping:
+            return
+        if len(self._obd_waiting) == self._obd_waiting.maxlen:
+            self.obd_dropped += 1  # no trusted time for a long while: the oldest go
         self._obd_waiting.append(stamped)
         if self.clock.utc_at(self._obd_waiting[0].mono) is None:
             return  # no trusted time yet: keep (the newest 4096) until there is
@@ -172,7 +178,7 @@ class Agent:
                 self._obd_log = path.open("a", encoding="utf-8")
             self._obd_log.write(line + "\n")
             self._obd_log.flush()
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: written after close
             self._obd_log_failed = True  # reported once; the agent itself goes on
             log.error("OBD log %s: %s; recording stopped", path, exc)
 
@@ -279,7 +285,10 @@ class Agent:
 
     def _obd_health(self) -> dict[str, Any]:
         assert self.obd is not None and self.pipeline.obd is not None
-        return {**self.obd.status(), **self.pipeline.obd.health()}
+        out = {**self.obd.status(), **self.pipeline.obd.health()}
+        if self.obd_dropped:
+            out["dropped_untimed"] = self.obd_dropped
+        return out
 
     # -- data path ------------------------------------------------------------
 
@@ -338,6 +347,7 @@ class Agent:
                 task.result()  # a source that ends (file replay) just finishes
             await asyncio.gather(*tasks)
         finally:
+            self._stopping = True
             for task in tasks:
                 task.cancel()
             for task in tasks:

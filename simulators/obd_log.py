@@ -7,8 +7,8 @@ it makes a deterministic recording of a whole drive (NMEA + OBD) that
 agent would send: the idle and trip acceptance tests run on exactly that.
 
 The poll plan mirrors the agent's defaults: RPM and speed every 0.5 s
-(staggered), battery voltage every 5 s, fuel rate every 5 s, DTCs (03 then
-07) every 60 s, the VIN once at the start.
+(staggered), battery voltage every 5 s, fuel rate every 5 s, odometer every 10 s, DTCs (03
+then 07) every 60 s, the VIN once at the start.
 """
 
 from __future__ import annotations
@@ -62,4 +62,6 @@ def iter_obd_log(
         elif tick % 240 == 7:
             yield _exchange(model, scenario, t, "03")
             yield _exchange(model, scenario, t + 0.05, "07")
+        elif tick % 40 == 5:
+            yield _exchange(model, scenario, t, "01A6")
         tick += 1

@@ -79,6 +79,10 @@ class ExchangeError(ValueError):
     """A log line that is not an exchange; the message says which field and why."""
 
 
+def _no_constants(name: str) -> Any:
+    raise ExchangeError(f"{name} is not a number a reading may hold")
+
+
 def _ecu_text(ecu: int) -> str:
     return f"{ecu:03X}" if ecu <= 0x7FF else f"{ecu:08X}"
 
@@ -86,7 +90,7 @@ def _ecu_text(ecu: int) -> str:
 def parse_exchange(line: str) -> Exchange:
     """One JSON line of an OBD log; raises ExchangeError naming what is wrong."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise ExchangeError(f"not JSON: {exc.msg}") from None
     if not isinstance(obj, dict):

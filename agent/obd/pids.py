@@ -26,6 +26,7 @@ ENGINE_SPEED = "Vehicle.Powertrain.CombustionEngine.Speed"
 MAF = "Vehicle.Powertrain.CombustionEngine.MAF"
 FUEL_RATE = "Vehicle.OBD.FuelRate"
 ODOMETER = "Vehicle.TraveledDistance"
+CONTROL_MODULE_VOLTAGE = "Vehicle.OBD.ControlModuleVoltage"
 
 
 def _a(data: bytes) -> float:
@@ -91,9 +92,7 @@ SIGNALS: dict[int, Signal] = {
             0,
             100,
         ),
-        Signal(
-            0x42, "Vehicle.OBD.ControlModuleVoltage", "V", 2, lambda d: _ab(d) / 1000, 30, 0, 65.535
-        ),
+        Signal(0x42, CONTROL_MODULE_VOLTAGE, "V", 2, lambda d: _ab(d) / 1000, 30, 0, 65.535),
         Signal(0x1F, "Vehicle.OBD.RunTime", "s", 2, _ab, 30, 0, 65535),
         Signal(0x31, "Vehicle.OBD.DistanceSinceDTCClear", "km", 2, _ab, 60, 0, 65535),
         Signal(

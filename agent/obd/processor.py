@@ -22,6 +22,7 @@ from agent.obd.engine import EngineStateDetector, EngineUpdate
 from agent.obd.exchange import Exchange
 from agent.obd.pids import (
     BATTERY_VOLTAGE,
+    CONTROL_MODULE_VOLTAGE,
     DISCOVERY_PIDS,
     ENGINE_SPEED,
     FUEL_RATE,
@@ -35,6 +36,7 @@ from agent.obd.state import EngineSample
 log = logging.getLogger(__name__)
 
 Output = tuple[Stream, EventData | ObdData]
+_MAX_VOLTS = 40.0  # a 24 V truck charges at ~28 V; more is a broken reading
 _VIN = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
 # Petrol: stoichiometric air/fuel 14.7 by mass, 745 g/l.  Only used when the
 # ECU has no fuel-rate PID (5E); diesel runs lean, so this over-reads there.
@@ -80,16 +82,33 @@ class ObdProcessor:
         self._stored: dict[str, int] | None = None  # last mode 03 read, waiting for 07
         self._stored_ok = False
         self._link_up = False
+        self.last_exchange: datetime | None = None
+
+    def tick(self, ts: datetime, position: tuple[float, float] | None = None) -> ProcessorOutput:
+        """Time passes without exchanges (adapter unplugged): let engine state go stale.
+
+        The pipeline calls this with GNSS fix times, so an engine last seen
+        running does not idle forever once the adapter is gone.
+        """
+        out = ProcessorOutput()
+        self._engine(out, self.engine.tick(ts, ts.timestamp()))
+        if position is not None:
+            out.records = [_placed(r, position) for r in out.records]
+        return out
 
     def feed(self, ex: Exchange, position: tuple[float, float] | None = None) -> ProcessorOutput:
         """One exchange; ``position`` (lat, lon) dates events at the vehicle's place."""
         self.exchanges += 1
         out = ProcessorOutput()
         ts, mono = ex.ts, ex.ts.timestamp()
+        if self.last_exchange is None or ts > self.last_exchange:
+            self.last_exchange = ts
         if ex.link is not None:
             self._link(ex, position, out)
         elif ex.req == "ATRV":
-            if ex.volts is not None:
+            if ex.volts is not None and not 0.0 <= ex.volts <= _MAX_VOLTS:
+                self.rejected["out_of_range"] += 1
+            elif ex.volts is not None:
                 self._value(ts, BATTERY_VOLTAGE, ex.volts)
                 self._engine(out, self.engine.feed_voltage(ts, mono, ex.volts))
         elif ex.service == 0x01 and ex.pid is not None:
@@ -170,6 +189,9 @@ class ObdProcessor:
                 self._engine(out, self.engine.feed_rpm(ts, mono, value))
             elif signal.name == FUEL_RATE:
                 self._engine(out, self.engine.feed_fuel_rate(ts, mono, value))
+            elif signal.name == CONTROL_MODULE_VOLTAGE and BATTERY_VOLTAGE not in self.latest:
+                # No ATRV on the CAN path: the ECU's supply voltage tells charging.
+                self._engine(out, self.engine.feed_voltage(ts, mono, value))
             elif signal.name == MAF and FUEL_RATE not in self.latest:
                 self._engine(out, self.engine.feed_fuel_rate(ts, mono, value * _MAF_TO_LPH))
             break  # the first ECU that answers sensibly (lowest id: the engine ECU)
@@ -254,7 +276,6 @@ class ObdProcessor:
         """What the processor knows, for status."""
         out: dict[str, Any] = {
             "engine": str(self.engine.state),
-            "supported_pids": len(self.supported),
             "dtcs": self.dtcs.active,
             "rejected": dict(self.rejected),
         }

@@ -41,6 +41,13 @@ from agent.obd.schedule import PollSchedule
 
 log = logging.getLogger(__name__)
 
+# Errors that mean the vehicle side stopped answering (ignition off, bus asleep).
+_VEHICLE_SILENT = frozenset(
+    {"no_data", "silence", "can_error", "bus_init", "unable_to_connect", "stopped"}
+)
+# Battery voltage at or above this means the alternator charges: the engine runs.
+_CHARGING_V = 13.2
+
 #: Placeholder time of exchanges before the runtime stamps them (see ``Stamped``).
 UNSTAMPED = datetime.fromtimestamp(0, UTC)
 
@@ -120,6 +127,7 @@ class ObdReader:
         self._mono = mono
         self.status = ReaderStatus()
         self._was_up = False
+        self._last_volts: float | None = None
 
     # -- the loop ----------------------------------------------------------------
 
@@ -163,7 +171,7 @@ class ObdReader:
             ok, kind = self._run_item(item, schedule.pid(item))
             schedule.done(item, self._mono(), self._mono() - now, ok)
             silent = 0 if kind != "silence" else silent + 1
-            failing = 0 if ok or kind not in ("no_data", "silence") else failing + 1
+            failing = 0 if ok or kind not in _VEHICLE_SILENT else failing + 1
             if silent >= self.silence_limit:
                 self.link.close()
                 raise LinkLost(f"adapter silent for {silent} requests")
@@ -215,6 +223,7 @@ class ObdReader:
         if volts is None:
             return False, "no_voltage"  # the link cannot tell (CAN): not an error
         self.status.answers += 1
+        self._last_volts = volts
         self._emit(Exchange(ts=UNSTAMPED, req="ATRV", volts=round(volts, 2)))
         return True, ""
 
@@ -272,20 +281,37 @@ class ObdReader:
             stop.wait(min(2.0, max(0.0, deadline - self._mono())))
 
     def _quiet(self, stop: threading.Event) -> None:
-        """The ECU stopped answering PIDs it answered before: poll RPM and voltage only."""
+        """The ECU stopped answering PIDs it answered before (ignition off).
+
+        Probe it with one RPM request every ``vehicle_retry_s`` only, so the
+        parked van's modules can sleep; an ELM327 reads the battery meanwhile
+        (ATRV measures the pin, it wakes nothing) and a charging voltage
+        means the engine started: probe at once.
+        """
         self.status.state = "quiet"
         self._emit(Exchange(ts=UNSTAMPED, link="vehicle_off", error="no_data"))
+        next_probe = self._mono() + self.vehicle_retry_s
         while not stop.is_set():
-            ok, kind = self._request(0x01, 0x0C)
-            if ok:
-                self.status.state = "connected"
-                self._emit(Exchange(ts=UNSTAMPED, link="up", info=self._info_dict()))
-                return
-            if kind == "silence":
-                self.link.close()
-                raise LinkLost("adapter silent")
-            self._voltage()
-            stop.wait(2.0)
+            if self._mono() >= next_probe:
+                ok, kind = self._request(0x01, 0x0C)
+                if ok:
+                    self.status.state = "connected"
+                    self._emit(Exchange(ts=UNSTAMPED, link="up", info=self._info_dict()))
+                    return
+                if kind == "silence":
+                    self.link.close()
+                    raise LinkLost("adapter silent")
+                next_probe = self._mono() + self.vehicle_retry_s
+            volts = self._quiet_voltage()
+            if volts is not None and volts >= _CHARGING_V:
+                next_probe = self._mono()
+                continue
+            stop.wait(max(0.0, min(2.0, next_probe - self._mono())))
+
+    def _quiet_voltage(self) -> float | None:
+        """ATRV while quiet; None when the link has no voltage (CAN) or it failed."""
+        ok, _ = self._voltage()
+        return self._last_volts if ok else None
 
     def _up(self, info: LinkInfo) -> None:
         st = self.status

@@ -76,10 +76,11 @@ class ObdService:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self.crashes = 0
+        self.closed = False  # set when run ends: late exchanges are dropped
 
     def _emit(self, stamped: Stamped) -> None:
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if loop is not None and not loop.is_closed() and not self.closed:
             with contextlib.suppress(RuntimeError):  # loop closing under us at shutdown
                 loop.call_soon_threadsafe(self.on_exchange, stamped)
 
@@ -94,8 +95,12 @@ class ObdService:
                     await asyncio.sleep(0.2)
             finally:
                 stop.set()
-                await asyncio.to_thread(thread.join, 10)
+                self.closed = True
+                # Don't wait out python-OBD's 10 s open timeout on shutdown: the
+                # thread is a daemon and its late exchanges are dropped.
+                await asyncio.to_thread(thread.join, 3)
             await asyncio.sleep(5.0)  # the reader died of a bug: pause, then start afresh
+            self.closed = False
 
     def _guarded(self, stop: threading.Event) -> None:
         try:

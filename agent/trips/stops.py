@@ -106,6 +106,7 @@ class StopDetector:
         self._stop: _Run | None = None  # the confirmed stop
         self._leave: datetime | None = None  # first fix of the moving evidence
         self._rolling: datetime | None = None  # first fix of the run above stop speed
+        self._still: datetime | None = None  # last fix at or below it, while stopped
 
     @property
     def stopped(self) -> bool:
@@ -150,6 +151,7 @@ class StopDetector:
         if (t - cand.start).total_seconds() < self.min_stop_s:
             return []
         self._stop, self._cand, self._leave, self._rolling = cand, None, None, None
+        self._still = None
         return [event("stop_start", cand.start, (cand.lat, cand.lon))]
 
     def _while_stopped(
@@ -160,6 +162,7 @@ class StopDetector:
         outside = haversine_m(stop.lat, stop.lon, lat, lon) > radius
         if speed <= self.stop_speed_mps:
             self._rolling = None
+            self._still = t
         elif self._rolling is None:
             self._rolling = t
         if not (outside or speed > self.move_speed_mps):
@@ -171,10 +174,14 @@ class StopDetector:
             self._leave = t
         if (t - self._leave).total_seconds() < self.move_confirm_s:
             return []
-        # Dated from the first fix of the unbroken run above the stop speed:
-        # a vehicle pulling away slowly left when it started rolling.
+        # Dated from the last fix before the unbroken run above the stop
+        # speed: the vehicle left between that fix and the next, and pulling
+        # away it is still slow one fix later, so the earlier one is closer.
         end = min(self._leave, self._rolling or self._leave)
+        if self._still is not None and stop.start <= self._still < end:
+            end = self._still
         self.last_stop = Stop(stop.start, end, stop.lat, stop.lon)
         self._stop, self._leave, self._cand, self._rolling = None, None, None, None
+        self._still = None
         data = {"start": utc_iso(stop.start), "duration_s": round(self.last_stop.duration_s, 1)}
         return [event("stop_end", end, (stop.lat, stop.lon), data)]

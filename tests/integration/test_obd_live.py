@@ -102,6 +102,7 @@ def test_unplug_and_replug_reconnects_within_5_s(stack: Stack, figures: list[str
     assert links[:3] == ["up", "lost", "up"], links
     stack.wait_sim_done(120)
     stack.wait_delivered(60)
+    assert stack.agent is not None and stack.agent.alive(), "the agent died"
 
     # The backend saw it: disconnected, connected again, and the DTC come and go.
     assert len(bridge_events(stack, "obd_disconnected")) == 1
@@ -132,6 +133,8 @@ def test_unplug_and_replug_reconnects_within_5_s(stack: Stack, figures: list[str
     assert health["reconnects"] >= 1
     assert health["gaps_s"] and UNPLUG_FOR_S - 1 <= health["gaps_s"][0] <= UNPLUG_FOR_S + 6
     assert health["state"] == "connected"
+    assert "crashes" not in health
+    assert "Traceback" not in (stack.workdir / "agent.log").read_text()
     figures.append(
         f"ELM327 unplugged {UNPLUG_FOR_S:g} s mid-drive: agent reconnected {latency:.1f} s "
         f"after the adapter returned (gap in status {health['gaps_s'][0]} s)"

@@ -131,3 +131,41 @@ def test_exchange_json_round_trip_and_errors() -> None:
     ):
         with pytest.raises(ExchangeError, match=why):
             parse_exchange(bad)
+
+
+def test_adapter_gone_while_idling_does_not_idle_forever() -> None:
+    # Parked with the engine idling; after 120 s the adapter is unplugged
+    # and nothing more comes from OBD while the GPS keeps reporting.
+    from agent.gps.fix import Fix, FixMode
+    from agent.pipeline import Pipeline
+
+    pipe = Pipeline(obd=ObdProcessor())
+    out: list[tuple[str, object]] = []
+    for t in range(900):
+        if t < 120:
+            out += pipe.feed_obd(rpm(t - 0.5, 780))
+        fix = Fix(
+            time=at(t), mono=float(t), mode=FixMode.FIX_3D, lat=52.1, lon=5.07, speed=0.0, hdop=0.9
+        )
+        out += pipe.feed_fix(fix)
+    unknown = events(out, "engine_unknown")
+    assert len(unknown) == 1
+    assert unknown[0].ts == at(118.5)  # dated at the last evidence (t = 119 - 0.5)
+    assert [e.type for e in events(out) if e.type.startswith("idle")] == ["idle_start", "idle_end"]
+    end = events(out, "idle_end")[0]
+    assert end.ts == at(118.5)
+    assert events(out, "excessive_idle") == []
+
+
+def test_non_finite_and_impossible_values_never_become_readings() -> None:
+    with pytest.raises(ExchangeError, match="NaN is not a number"):
+        parse_exchange('{"ts":"2024-05-14T07:30:00Z","req":"ATRV","volts":NaN}')
+    with pytest.raises(ExchangeError, match="Infinity"):
+        parse_exchange('{"ts":"2024-05-14T07:30:00Z","req":"ATRV","volts":Infinity}')
+    proc = ObdProcessor()
+    run(
+        proc,
+        [Exchange(ts=at(0), req="ATRV", volts=1e308), Exchange(ts=at(1), req="ATRV", volts=12.4)],
+    )
+    assert proc.latest == {"Vehicle.LowVoltageBattery.CurrentVoltage": 12.4}
+    assert proc.rejected["out_of_range"] == 1

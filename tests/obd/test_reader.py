@@ -64,7 +64,7 @@ def rig() -> Iterator[Rig]:
     ecu.start()
     seen: list[Stamped] = []
     link = CanLink(interface="virtual", channel=channel, bitrate=None)
-    reader = ObdReader(link, seen.append, reconnect_max_s=0.5, quiet_after=4)
+    reader = ObdReader(link, seen.append, reconnect_max_s=0.5, quiet_after=4, vehicle_retry_s=1.0)
     stop = threading.Event()
     thread = threading.Thread(target=reader.run, args=(stop,), daemon=True)
     thread.start()

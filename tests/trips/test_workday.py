@@ -113,11 +113,21 @@ def test_no_idle_while_moving(workday: tuple[Scenario, str]) -> None:
         start = seconds(scenario, e["data"].get("start", e["ts"]))
         # Two seconds into a reported idle, the van truly stands still.
         assert state_at(drive, start + 2.0).speed_mps == 0.0, e
-    # The slow-traffic crawl is driving at walking pace, not a stop.
-    crawl = [
-        i for i, wp in enumerate(scenario.route.waypoints) if wp.speed_kmh and wp.speed_kmh < 10
-    ]
-    assert crawl, "the scenario should script a slow-traffic stretch"
+    # The slow-traffic crawl (walking pace, engine running) is neither a stop nor idling:
+    # the longest run of seconds below 10 km/h without standing still.
+    slow = [t for t in range(int(drive.duration)) if 0 < state_at(drive, t).speed_mps * 3.6 < 10]
+    runs: list[list[int]] = []
+    for t in slow:
+        if runs and t == runs[-1][-1] + 1:
+            runs[-1].append(t)
+        else:
+            runs.append([t])
+    crawl = max(runs, key=len)
+    assert len(crawl) > 100, "the scenario should script a slow-traffic stretch"
+    for e in events(text, "stop_start", "stop_end", "idle_start", "idle_end"):
+        assert not crawl[0] <= seconds(scenario, e["ts"]) <= crawl[-1], e
+    stops = events(text, "stop_start", "stop_end")
+    assert stops and all(e["data"]["engine"] in ("running", "off") for e in stops)
 
 
 def test_trips_split_where_the_engine_stops(workday: tuple[Scenario, str]) -> None:
@@ -136,6 +146,10 @@ def test_trips_split_where_the_engine_stops(workday: tuple[Scenario, str]) -> No
         assert abs(seconds(scenario, end["ts"]) - hi) <= 5.0
         assert end["data"]["reason"] == "engine_off"
         assert end["data"]["distance_m"] > 0
+        # The odometer (PID A6, 0.1 km steps, read every 10 s) agrees with GNSS.
+        odo_m = end["data"]["odometer_km"] * 1000
+        assert abs(odo_m - end["data"]["distance_m"]) <= 250, end["data"]
+        assert end["data"]["harsh"] == {}
 
 
 def test_speeding_stretch_is_one_event(workday: tuple[Scenario, str]) -> None:
@@ -174,6 +188,7 @@ def test_phone_without_obd_reports_stops_never_idle(tmp_path: Path) -> None:
     text = run_replay(nmea, None)
     stops = events(text, "stop_start")
     assert len(stops) >= 5
+    assert all(e["data"]["engine"] == "unknown" for e in events(text, "stop_start", "stop_end"))
     assert events(text, "idle_start", "idle_end", "excessive_idle", "engine_on") == []
 
 
