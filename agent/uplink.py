@@ -56,6 +56,7 @@ class _InFlight:
     stream: Stream
     seqs: list[int]
     since: float
+    lane: str = "oldest"
 
 
 @dataclass(slots=True)
@@ -267,7 +268,7 @@ class Uplink:
             # rows and rewind so they are tried again after the backoff.
             self.stats.failed_acks += 1
             self._note_error(f"broker rejected publish on {entry.stream}: {reason}")
-            self._order[entry.stream].rewind(entry.seqs[0])
+            self._order[entry.stream].rewind(entry.seqs[0], entry.lane)
             self._hold_until = time.monotonic() + self._reject.next()
         else:
             self._reject.reset()
@@ -287,16 +288,21 @@ class Uplink:
                 rows: list[tuple[int, str]] = []
                 for lane, after, up_to in order.lanes():
                     rows = self.outbox.next_batch(
-                        stream, after, self.cfg.batch_max, MAX_PAYLOAD_BYTES - 1024, up_to
+                        stream,
+                        after,
+                        self.cfg.batch_max,
+                        MAX_PAYLOAD_BYTES - 1024,
+                        up_to,
+                        priority=lane == "priority",
                     )
                     if rows:
                         break
                     order.exhausted(lane)
-                if not rows or not self._publish(stream, rows):
+                if not rows or not self._publish(stream, rows, lane):
                     break
                 order.sent(lane, rows[-1][0])
 
-    def _publish(self, stream: Stream, rows: list[tuple[int, str]]) -> bool:
+    def _publish(self, stream: Stream, rows: list[tuple[int, str]], lane: str) -> bool:
         """Hand one batch to paho; False when paho did not keep it (try again later)."""
         payload = batch_json(
             self.device,
@@ -311,7 +317,9 @@ class Uplink:
             self._note_error(f"publish not queued: {mqtt.error_string(info.rc)}")
             return False
         # NO_CONN: the link dropped just now; paho keeps it and sends it on reconnect.
-        self._inflight[info.mid] = _InFlight(stream, [seq for seq, _ in rows], time.monotonic())
+        self._inflight[info.mid] = _InFlight(
+            stream, [seq for seq, _ in rows], time.monotonic(), lane
+        )
         self.stats.publishes += 1
         return True
 
@@ -324,7 +332,7 @@ class Uplink:
         stuck = [m for m, e in self._inflight.items() if now - e.since > self._ack_timeout_s]
         for mid in stuck:
             entry = self._inflight.pop(mid)
-            self._order[entry.stream].rewind(entry.seqs[0])
+            self._order[entry.stream].rewind(entry.seqs[0], entry.lane)
         if stuck:
             self._note_error(f"{len(stuck)} publishes unacknowledged for {self._ack_timeout_s}s")
 

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     stream TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_stream_seq ON outbox (stream, seq);
 """
@@ -58,6 +59,7 @@ class _Pending:
     seq: int
     stream: Stream
     body: str
+    priority: bool = False
 
 
 class Outbox:
@@ -83,6 +85,7 @@ class Outbox:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self.epoch = self._epoch_for(device)
             self.last_seq = self._high_water()
         except sqlite3.DatabaseError as exc:
@@ -124,6 +127,15 @@ class Outbox:
             )
         return str(rows["epoch"])
 
+    def _migrate(self) -> None:
+        """Outboxes written before the priority lane existed get the column (default 0)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "priority" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN priority INTEGER NOT NULL DEFAULT 0")
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (stream, seq) WHERE priority = 1"
+        )
+
     def _high_water(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         return int(row[0]) if row else 0
@@ -133,12 +145,16 @@ class Outbox:
 
     # -- producing ---------------------------------------------------------
 
-    def add(self, stream: Stream, body: str) -> int:
-        """Queue a record body for the next commit; return its sequence number."""
+    def add(self, stream: Stream, body: str, priority: bool = False) -> int:
+        """Queue a record body for the next commit; return its sequence number.
+
+        ``priority`` rows (an impact) are sent ahead of any backlog of their
+        stream; their seq still orders them among the rest at the bridge.
+        """
         self.last_seq += 1
         if not self._pending:
             self._pending_since = self._mono()
-        self._pending.append(_Pending(self.last_seq, stream, body))
+        self._pending.append(_Pending(self.last_seq, stream, body, priority))
         if len(self._pending) > MAX_PENDING:
             self._pending.pop(0)
             self.dropped += 1
@@ -163,8 +179,8 @@ class Outbox:
         try:
             with self._tx():
                 self._db.executemany(
-                    "INSERT INTO outbox (seq, stream, body) VALUES (?, ?, ?)",
-                    [(p.seq, p.stream, p.body) for p in pending],
+                    "INSERT INTO outbox (seq, stream, body, priority) VALUES (?, ?, ?, ?)",
+                    [(p.seq, p.stream, p.body, int(p.priority)) for p in pending],
                 )
                 self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked])
         except sqlite3.OperationalError as exc:
@@ -187,12 +203,22 @@ class Outbox:
         limit: int,
         max_bytes: int,
         up_to_seq: int | None = None,
+        priority: bool = False,
     ) -> list[tuple[int, str]]:
-        """Committed rows of one stream in (after_seq, up_to_seq], oldest first, size-bounded."""
+        """Committed rows of one stream and lane in (after_seq, up_to_seq], oldest first.
+
+        Size-bounded; ``priority`` picks the priority rows, else the others.
+        """
         rows = self._db.execute(
-            "SELECT seq, body FROM outbox WHERE stream = ? AND seq > ? AND seq <= ? "
-            "ORDER BY seq LIMIT ?",
-            (stream, after_seq, up_to_seq if up_to_seq is not None else 2**63 - 1, limit),
+            "SELECT seq, body FROM outbox WHERE stream = ? AND priority = ? AND seq > ? "
+            "AND seq <= ? ORDER BY seq LIMIT ?",
+            (
+                stream,
+                int(priority),
+                after_seq,
+                up_to_seq if up_to_seq is not None else 2**63 - 1,
+                limit,
+            ),
         ).fetchall()
         out: list[tuple[int, str]] = []
         size = 0

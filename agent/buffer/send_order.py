@@ -3,7 +3,8 @@
 After a short outage the backlog drains strictly oldest first.  After a long
 one (more than ``live_after`` rows waiting when the link comes back), rows
 committed since then get every other publish, so a dispatcher's map shows
-where the van is now while hours of history are still uploading.  Pure: it
+where the van is now while hours of history are still uploading.  Priority
+rows (an impact) have a lane of their own that goes before both.  Pure: it
 only tracks sequence numbers; agent.uplink asks the outbox for the rows.
 """
 
@@ -16,6 +17,7 @@ class SendOrder:
         self.cursor = 0  # highest seq handed out by the oldest-first lane
         self.boundary: int | None = None  # rows above it belong to the live lane
         self.live_cursor = 0
+        self.priority_cursor = 0  # highest priority-row seq handed out
         self._live_turn = False
 
     @property
@@ -30,13 +32,17 @@ class SendOrder:
 
     def lanes(self) -> list[tuple[str, int, int | None]]:
         """(lane, after_seq, up_to_seq) to try, in order, for the next publish."""
+        first = ("priority", self.priority_cursor, None)
         if self.boundary is None:
-            return [("oldest", self.cursor, None)]
+            return [first, ("oldest", self.cursor, None)]
         oldest = ("oldest", self.cursor, self.boundary)
         live = ("live", self.live_cursor, None)
-        return [live, oldest] if self._live_turn else [oldest, live]
+        return [first, live, oldest] if self._live_turn else [first, oldest, live]
 
     def sent(self, lane: str, last_seq: int) -> None:
+        if lane == "priority":
+            self.priority_cursor = last_seq
+            return
         if self.boundary is None:
             self.cursor = last_seq  # one lane again (the backlog may just have ended)
         elif lane == "live":
@@ -52,8 +58,11 @@ class SendOrder:
             self.boundary = None
             self._live_turn = False
 
-    def rewind(self, first_seq: int) -> None:
+    def rewind(self, first_seq: int, lane: str = "oldest") -> None:
         """Rows from ``first_seq`` on must be offered again (rejected or unacknowledged)."""
+        if lane == "priority":
+            self.priority_cursor = min(self.priority_cursor, first_seq - 1)
+            return
         if self.boundary is not None and first_seq > self.boundary:
             self.live_cursor = min(self.live_cursor, first_seq - 1)
         else:

@@ -177,3 +177,26 @@ def test_device_state_survives_restart(tmp_path: Path) -> None:
     again = Outbox(tmp_path / "o.sqlite", "van-1")
     assert again.get_state("config") == '{"version": 4}'
     assert again.epoch == box.epoch
+
+
+def test_outbox_from_before_the_priority_lane_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, stream TEXT NOT NULL,"
+        " body TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('device', 'van-7'), ('epoch', 'e' || hex(randomblob(15)));"
+        "INSERT INTO outbox (stream, body) VALUES ('telemetry', '{\"kind\":\"position\"}');"
+    )
+    db.commit()
+    db.close()
+    box = Outbox(path, "van-7")
+    try:
+        assert box.next_batch("telemetry", 0, 10, 10_000) == [(1, '{"kind":"position"}')]
+        box.add("events", '{"kind":"event"}', priority=True)
+        box.commit()
+        assert box.next_batch("events", 0, 10, 10_000) == []
+        assert box.next_batch("events", 0, 10, 10_000, priority=True) == [(2, '{"kind":"event"}')]
+    finally:
+        box.close()

@@ -5,12 +5,18 @@ from __future__ import annotations
 from agent.buffer.send_order import SendOrder
 
 
-def drain(order: SendOrder, rows: list[int], batch: int) -> list[int]:
-    """Simulate the uplink: take up to ``batch`` rows per publish from the offered lane."""
+def drain(
+    order: SendOrder, rows: list[int], batch: int, priority: frozenset[int] = frozenset()
+) -> list[int]:
+    """Simulate the uplink: take up to ``batch`` rows per publish from the offered lane.
+
+    As the outbox does, the priority lane sees only ``priority`` rows, the others the rest.
+    """
     sent: list[int] = []
     while True:
         for lane, after, up_to in order.lanes():
-            chunk = [r for r in rows if r > after and (up_to is None or r <= up_to)][:batch]
+            pool = [r for r in rows if (r in priority) == (lane == "priority")]
+            chunk = [r for r in pool if r > after and (up_to is None or r <= up_to)][:batch]
             if chunk:
                 break
             order.exhausted(lane)
@@ -59,10 +65,27 @@ def test_backlog_ending_mid_turn_sends_no_live_row_twice() -> None:
     order.link_up(newest_seq=10, waiting=10)
     order.sent("oldest", 10)  # backlog fully out; live turn next
     lanes = order.lanes()
-    assert [lane for lane, _, _ in lanes] == ["live", "oldest"]
+    assert [lane for lane, _, _ in lanes] == ["priority", "live", "oldest"]
     order.sent("live", 15)
-    lanes = order.lanes()  # oldest first now: finds nothing up to the boundary
+    lanes = order.lanes()[1:]  # after priority, oldest first now: nothing up to the boundary
     order.exhausted(lanes[0][0])
     order.sent(lanes[1][0], 20)  # the live lane of that same list serves 16..20
     assert not order.draining
-    assert order.lanes() == [("oldest", 20, None)]
+    assert order.lanes() == [("priority", 0, None), ("oldest", 20, None)]
+
+
+def test_priority_rows_go_before_any_backlog() -> None:
+    order = SendOrder(live_after=100)
+    order.link_up(newest_seq=10_000, waiting=10_000)
+    rows = list(range(1, 10_003))
+    sent = drain(order, rows, 50, priority=frozenset({10_001}))
+    assert sent[0] == 10_001  # the impact, first publish
+    assert sorted(sent) == rows and len(sent) == len(set(sent))
+
+
+def test_priority_rewind_only_moves_its_own_lane() -> None:
+    order = SendOrder(live_after=100)
+    order.sent("priority", 500)
+    order.sent("oldest", 300)
+    order.rewind(500, "priority")
+    assert order.priority_cursor == 499 and order.cursor == 300
