@@ -1,0 +1,1 @@
+"""Inertial sensing: IMU sources, mounting calibration, harsh driving and impacts."""
