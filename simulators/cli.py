@@ -6,8 +6,9 @@
     telematics-sim elm327 --scenario S (--pty [--link PATH] | --tcp PORT) [options]
     telematics-sim can --scenario S [--interface socketcan|virtual|udp_multicast] [--channel C]
     telematics-sim obd-log --scenario S [--out FILE]
+    telematics-sim imu --scenario S [--out FILE|-] [--rate HZ] [--seed N] [--duration SEC]
     telematics-sim zones --scenario S [--format geojson|zoneset|toml]
-    telematics-sim truth --scenario S [--kind zones|idle|engine] [--duration SEC] [--loop]
+    telematics-sim truth --scenario S [--kind zones|idle|engine|harsh|impacts] [--duration SEC] [--loop]
 
 Scripts read the first stdout line (the pty path, or the TCP port) and then
 talk to the device; the one-line summary goes to stderr at the end.  Exit
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_can(args, prog=f"{PROG} can")
         if args.command == "obd-log":
             return _obd_log(args)
+        if args.command == "imu":
+            return _imu(args)
         return _gps(parser, args)
     except ScenarioError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -114,6 +117,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     obd_log.add_argument("--scenario", required=True, help="scenario file or bundled name")
     obd_log.add_argument("--out", default="-", help="file to write, - for stdout (default)")
+    imu = sub.add_parser(
+        "imu", help="the drive's IMU samples as CSV (t,ax,ay,az,gx,gy,gz) for replay --imu"
+    )
+    imu.add_argument("--scenario", required=True, help="scenario file or bundled name")
+    imu.add_argument("--out", default="-", help="file to write, - for stdout (default)")
+    imu.add_argument(
+        "--rate", type=_positive, metavar="HZ", help="samples per second (imu.rate_hz)"
+    )
+    imu.add_argument(
+        "--seed", type=_seed, metavar="N", help="noise, bumps, random mount (imu.seed)"
+    )
+    imu.add_argument("--duration", type=_positive, metavar="SEC", help="stop after SEC simulated")
     elm = sub.add_parser("elm327", help="ELM327 OBD-II adapter on a pty or over TCP")
     elm.add_argument("--scenario", required=True, help="scenario file or bundled name")
     where = elm.add_mutually_exclusive_group(required=True)
@@ -149,9 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     truth.add_argument("--scenario", required=True, help="scenario file or bundled name")
     truth.add_argument(
         "--kind",
-        choices=("zones", "idle", "engine"),
+        choices=("zones", "idle", "engine", "harsh", "impacts"),
         default="zones",
-        help="zone visits (default), idle periods, or engine running periods",
+        help="zone visits (default), idle periods, engine running periods, harsh episodes "
+        "(detector defaults) or scripted shocks of 2.5 g and more",
     )
     truth.add_argument(
         "--duration", type=_positive, metavar="SEC", help="period in simulated seconds"
@@ -171,6 +187,13 @@ def _positive(text: str) -> float:
     value = float(text)
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be an integer >= 0")
     return value
 
 
@@ -233,6 +256,22 @@ def _truth(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(f"truth --kind {args.kind} covers the route once: no --loop or --duration")
     if args.kind == "idle":
         _emit(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in idle_periods(scenario))
+        return 0
+    if args.kind in ("harsh", "impacts"):
+        from simulators.imu_out import truth_harsh, truth_impacts
+
+        rows: list[dict[str, object]]
+        if args.kind == "harsh":
+            rows = [
+                {"start_s": h.t_start, "end_s": h.t_end, "class": h.kind, "direction": h.direction}
+                for h in truth_harsh(scenario)
+            ]
+        else:
+            rows = [
+                {"t_s": i.t_peak, "peak_g": round(i.peak_g, 3), "kind": i.kind}
+                for i in truth_impacts(scenario)
+            ]
+        _emit(json.dumps(r) + "\n" for r in rows)
         return 0
     runs = [
         {"start_s": round(lo, 3), "end_s": round(hi, 3), "duration_s": round(hi - lo, 3)}
@@ -390,6 +429,49 @@ def _obd_log(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"{PROG}: cannot write {args.out}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- imu
+
+
+def _imu(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from agent.imu.calibration import euler_from_rotation
+    from agent.imu.sample import ImuSample
+    from simulators.imu_out import csv_lines, iter_imu, mount_rotation
+
+    scenario = load_scenario(args.scenario)
+    imu = scenario.imu
+    rate = args.rate if args.rate is not None else (imu.rate_hz if imu else 50)
+    rotation = mount_rotation(scenario, args.seed)
+    samples = iter_imu(scenario, rate_hz=rate, seed=args.seed, duration_s=args.duration)
+    count = 0
+    last_t = 0.0
+
+    def counted() -> Iterator[ImuSample]:
+        nonlocal count, last_t
+        for sample in samples:
+            count += 1
+            last_t = sample.t
+            yield sample
+
+    if args.out == "-":
+        _emit(csv_lines(counted()))
+    else:
+        try:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                fh.writelines(csv_lines(counted()))
+        except OSError as exc:
+            print(f"{PROG}: cannot write {args.out}: {exc}", file=sys.stderr)
+            return 1
+    roll, pitch, yaw = euler_from_rotation(np.asarray(rotation))
+    print(
+        f"{PROG} imu: {scenario.name}: {count} samples at {rate:g} Hz ({last_t:.1f} s); "
+        f"mount roll {roll:.1f} pitch {pitch:.1f} yaw {yaw:.1f} deg",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -2,10 +2,10 @@
 
 The same file drives the GPS, ELM327, CAN and IMU simulators, so that all of
 them describe one consistent drive: ``engine``, ``obd`` and ``dtcs`` feed the
-ECU model (``ecu.py``) behind the ELM327 and CAN simulators; sections for
-simulators that do not exist yet (``imu``, ``events``) are validated now, so
-that a file written today stays valid.  Unknown keys are errors: a misspelt key silently ignored is a
-test that does not test what its author thinks.  Every error names the key
+ECU model (``ecu.py``) behind the ELM327 and CAN simulators; ``imu`` and
+``events`` feed the IMU simulator (``imu_out.py``).  Unknown keys are errors:
+a misspelt key silently ignored is a test that does not test what its author
+thinks.  Every error names the key
 (``route.waypoints[3].lat: ...``).  docs/SIMULATORS.md documents every key.
 """
 
@@ -30,17 +30,20 @@ from pydantic import (
     model_validator,
 )
 
+from agent.imu.sample import GRAVITY
 from simulators.route import haversine_m, point_in_ring
 
 __all__ = [
     "DEFAULT_ZONE_DWELL_S",
     "DISCOVERY_PIDS",
     "ENCODED_PIDS",
+    "HARSH_KINDS",
     "Can",
     "CircleShape",
     "Dtc",
     "Engine",
     "Event",
+    "EventKind",
     "FaultKind",
     "Gnss",
     "Imu",
@@ -417,21 +420,106 @@ class Can(_Section):
 
 
 class Imu(_Section):
-    """IMU simulator settings (not used by GPS)."""
+    """IMU simulator settings (``imu_out.py``; not used by GPS).
+
+    The mounting is the sensor's orientation in the vehicle: the sensor's axes
+    are the vehicle's (x forward, y left, z up) turned by ``mount_yaw_deg``
+    about z, then ``mount_pitch_deg`` about the new y, then ``mount_roll_deg``
+    about the new x; ``mount_random`` draws a uniformly random orientation
+    from ``seed`` instead (every fitting a calibration must handle).
+    """
 
     rate_hz: int = Field(50, ge=10, le=1000)
     accel_noise_mg: float = Field(3.0, ge=0, le=500)
     gyro_noise_dps: float = Field(0.05, ge=0, le=50)
+    gyro: bool = True
+    mount_roll_deg: float = Field(0.0, ge=-180, le=180)
+    mount_pitch_deg: float = Field(0.0, ge=-90, le=90)
     mount_yaw_deg: float = Field(0.0, ge=-180, le=180)
+    mount_random: bool = False
+    seed: int = Field(0, ge=0)
+    vibration_mg: float = Field(20.0, ge=0, le=1000)
+    vibration_hz: float = Field(30.0, gt=0, le=500)
+    bump_rate_per_km: float = Field(2.0, ge=0, le=1000)
+    bump_peak_g: float = Field(0.15, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _one_mounting(self) -> Imu:
+        if self.mount_random:
+            for key in ("mount_roll_deg", "mount_pitch_deg", "mount_yaw_deg"):
+                if getattr(self, key) != 0.0:
+                    raise _KeyProblem(
+                        key, "not with mount_random = true (the seed draws the mount)"
+                    )
+        return self
+
+
+HARSH_KINDS = frozenset({"harsh_braking", "harsh_acceleration", "harsh_left", "harsh_right"})
+_DIRECTED_KINDS = frozenset({"impact", "curb_strike"})
+EventKind = Literal[
+    "pothole",
+    "speed_bump",
+    "curb_strike",
+    "impact",
+    "harsh_braking",
+    "harsh_acceleration",
+    "harsh_left",
+    "harsh_right",
+]
 
 
 class Event(_Section):
-    """A shock the route's kinematics do not contain (for the IMU simulator)."""
+    """Something the route's kinematics do not contain, for the IMU simulator.
+
+    Shocks (``pothole``, ``speed_bump``, ``curb_strike``, ``impact``) are
+    half-sine pulses of ``peak_g``; harsh manoeuvres (``harsh_*``) are
+    trapezoids of ``peak_mps2`` added to the longitudinal or lateral
+    acceleration.  Both are IMU-only overlays: the GPS speed does not change
+    (a harsh brake that GPS must see too is a waypoint's ``decel_mps2``).
+    """
 
     at_s: Seconds
-    kind: Literal["pothole", "speed_bump", "curb_strike", "impact"]
-    peak_g: float = Field(gt=0, le=100)
+    kind: EventKind
+    peak_g: float | None = Field(None, gt=0, le=100)
+    peak_mps2: float | None = Field(None, gt=0, le=20)
     duration_s: float = Field(0.2, gt=0, le=10)
+    direction_deg: float | None = Field(None, ge=0, lt=360)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _harsh_lasts_longer(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") in HARSH_KINDS and "duration_s" not in data:
+            return {**data, "duration_s": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _peak_for_kind(self) -> Event:
+        harsh = self.kind in HARSH_KINDS
+        wanted, other = ("peak_mps2", "peak_g") if harsh else ("peak_g", "peak_mps2")
+        if getattr(self, wanted) is None:
+            raise _KeyProblem(wanted, f"required for kind {self.kind!r}")
+        if getattr(self, other) is not None:
+            raise _KeyProblem(other, f"not for kind {self.kind!r} (it takes {wanted})")
+        if self.direction_deg is not None and self.kind not in _DIRECTED_KINDS:
+            raise _KeyProblem("direction_deg", "only for kinds 'impact' and 'curb_strike'")
+        return self
+
+    @property
+    def harsh(self) -> bool:
+        """Whether this is a harsh manoeuvre (``harsh_*``) rather than a shock."""
+        return self.kind in HARSH_KINDS
+
+    @property
+    def peak_accel_mps2(self) -> float:
+        """The pulse's peak in m/s², whichever unit the file gave it in."""
+        if self.peak_mps2 is not None:
+            return self.peak_mps2
+        return (self.peak_g or 0.0) * GRAVITY
+
+    @property
+    def end_s(self) -> float:
+        """Scenario second when the pulse is over."""
+        return self.at_s + self.duration_s
 
 
 class Dtc(_Section):
