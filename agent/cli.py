@@ -12,7 +12,8 @@ import hashlib
 import logging
 import signal
 import sys
-from datetime import date
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -22,6 +23,7 @@ from agent.config import (
     AgentConfig,
     ConfigError,
     GeofenceConfig,
+    ImuConfig,
     ObdConfig,
     SamplerConfig,
     TripsConfig,
@@ -50,6 +52,22 @@ def _parser() -> argparse.ArgumentParser:
         "--obd", type=Path, help="recorded OBD log (JSON lines, docs/PROTOCOL.md), merged by time"
     )
     rp.add_argument(
+        "--imu",
+        type=Path,
+        help="IMU CSV (t,ax,ay,az[,gx,gy,gz]; docs/IMU.md), or a directory of Android _terra logs",
+    )
+    rp.add_argument(
+        "--earth-frame",
+        action="store_true",
+        help="the IMU data is already in the earth frame (z up), as Android's _terra logs",
+    )
+    rp.add_argument(
+        "--imu-start",
+        type=_utc_arg,
+        default=None,
+        help="UTC of the IMU file's t = 0 (default: the first NMEA fix, else 1970-01-01T00:00:00Z)",
+    )
+    rp.add_argument(
         "--candump",
         type=Path,
         help="candump -l log: print the OBD service 01 readings found on the bus (alone)",
@@ -69,6 +87,13 @@ def _parser() -> argparse.ArgumentParser:
         help="dates before this are GPS week-rollover errors (default: config, else none)",
     )
     return ap
+
+
+def _utc_arg(text: str) -> datetime:
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if ts.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a UTC time with Z, e.g. 2024-05-14T07:30:00Z")
+    return ts.astimezone(UTC)
 
 
 def _config_check(path: Path) -> int:
@@ -94,6 +119,10 @@ def replay(
     trips: TripsConfig | None = None,
     obd: Path | None = None,
     obd_cfg: ObdConfig | None = None,
+    imu: Path | None = None,
+    imu_cfg: ImuConfig | None = None,
+    earth_frame: bool = False,
+    imu_start: datetime | None = None,
 ) -> int:
     """Print, as JSON lines, the payloads the live agent would publish for a recording.
 
@@ -105,12 +134,14 @@ def replay(
     """
     from agent.geofence.model import load_zone_file
     from agent.gps.nmea import iter_file_fixes
+    from agent.imu.csv_file import CsvReport, iter_android_terra, iter_imu_csv
+    from agent.imu.sample import ImuSample
     from agent.obd.exchange import LogReport, read_log
     from agent.obd.processor import ObdProcessor
-    from agent.pipeline import Pipeline, geofence_detector
+    from agent.pipeline import ImuClock, Pipeline, geofence_detector
 
     digest = hashlib.sha256()
-    for path in (nmea, obd):
+    for path in (nmea, obd, imu if imu is not None and imu.is_file() else None):
         if path is not None:
             digest.update(path.read_bytes())
     epoch = digest.hexdigest()[:32]
@@ -120,7 +151,25 @@ def replay(
     processor = None
     if obd is not None:
         processor = ObdProcessor((obd_cfg or ObdConfig()).snapshot_interval_s)
-    pipeline = Pipeline(sampler, every_fix=every_fix, geofence=detector, trips=trips, obd=processor)
+    fixes = list(iter_file_fixes(nmea, rollover_floor=rollover_floor)) if nmea is not None else []
+    # Harsh driving runs with or without an IMU file (GNSS speed and course
+    # otherwise), as live.  t = 0 on the IMU clock is this UTC instant.
+    first = next((f.time for f in fixes if f.time is not None), None)
+    anchor = imu_start or first or datetime(1970, 1, 1, tzinfo=UTC)
+    imu_processor = (imu_cfg or ImuConfig()).processor(earth_frame=earth_frame)
+    imu_clock = ImuClock(
+        of_fix=lambda f: None if f.time is None else (f.time - anchor).total_seconds(),
+        utc=lambda t: anchor + timedelta(seconds=t),
+    )
+    pipeline = Pipeline(
+        sampler,
+        every_fix=every_fix,
+        geofence=detector,
+        trips=trips,
+        obd=processor,
+        imu=imu_processor,
+        imu_clock=imu_clock,
+    )
     seq = 0
 
     def write(outputs: list[Output]) -> None:
@@ -133,15 +182,31 @@ def replay(
     report = LogReport()
     exchanges = iter(read_log(obd, report)) if obd is not None else iter(())
     pending = next(exchanges, None)
-    fixes = iter_file_fixes(nmea, rollover_floor=rollover_floor) if nmea is not None else ()
+    imu_report = CsvReport(str(imu))
+    samples: Iterator[ImuSample] = iter(())
+    if imu is not None:
+        samples = (
+            iter_android_terra(imu, imu_report) if imu.is_dir() else iter_imu_csv(imu, imu_report)
+        )
+    sample = next(samples, None)
     for fix in fixes:
         while pending is not None and fix.time is not None and pending.ts <= fix.time:
             write(pipeline.feed_obd(pending))
             pending = next(exchanges, None)
+        t_fix = pipeline.imu_clock.of_fix(fix) if pipeline.imu_clock is not None else None
+        while sample is not None and t_fix is not None and sample.t <= t_fix:
+            write(pipeline.feed_imu(sample))
+            sample = next(samples, None)
         write(pipeline.feed_fix(fix))
     while pending is not None:
         write(pipeline.feed_obd(pending))
         pending = next(exchanges, None)
+    while sample is not None:
+        write(pipeline.feed_imu(sample))
+        sample = next(samples, None)
+    write(pipeline.flush_imu())
+    for number, why in imu_report.errors[:20]:
+        print(f"{imu}:{number}: rejected: {why}", file=sys.stderr)
     for number, why in report.rejected:
         print(f"{obd}:{number}: rejected: {why}", file=sys.stderr)
     if processor is not None and processor.rejected:
@@ -210,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.nmea or args.obd:
                     raise ConfigError("--candump replays a CAN log alone (without --nmea/--obd)")
                 return replay_candump(args.candump, sys.stdout)
-            if args.nmea is None and args.obd is None:
-                raise ConfigError("replay needs --nmea, --obd (or both), or --candump")
+            if args.nmea is None and args.obd is None and args.imu is None:
+                raise ConfigError("replay needs --nmea, --obd, --imu (any of them), or --candump")
             floor = args.rollover_floor or (cfg.gps.rollover_floor if cfg else None)
             return replay(
                 args.nmea,
@@ -225,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
                 trips=cfg.trips if cfg else None,
                 obd=args.obd,
                 obd_cfg=cfg.obd if cfg else None,
+                imu=args.imu,
+                imu_cfg=cfg.imu if cfg else None,
+                earth_frame=args.earth_frame,
+                imu_start=args.imu_start,
             )
         assert cfg is not None
         return _run(cfg)

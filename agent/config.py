@@ -20,11 +20,15 @@ import tomllib
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from agent.messages import DeviceId
+
+if TYPE_CHECKING:
+    from agent.imu.harsh import HarshConfig
+    from agent.imu.processor import ImuProcessor
 
 ENV_PREFIX = "TELEMATICS_"
 
@@ -203,6 +207,50 @@ class ObdConfig(_Section):
         return self
 
 
+class ImuConfig(_Section):
+    source: Literal["none", "i2c", "termux"] = Field(
+        "none", description="i2c: a chip on the Pi's I2C bus; termux: a phone's sensors"
+    )
+    chip: Literal["auto", "mpu6050", "mpu9250", "icm20948", "lsm6ds3"] = "auto"
+    i2c_bus: Annotated[int, Field(ge=0, le=255)] = 1
+    i2c_address: Annotated[int, Field(ge=0x03, le=0x77)] | None = None
+    rate_hz: Annotated[int, Field(ge=50, le=200)] = 100
+    accel_range_g: Literal[2, 4, 8, 16] = Field(16, description="16 g keeps impacts unclipped")
+    gyro_range_dps: Literal[250, 500, 1000, 2000] = 500
+    preset: Literal["car", "van", "truck"] = "van"
+    acceleration_mps2: PositiveFloat | None = Field(None, description="overrides the preset")
+    braking_mps2: PositiveFloat | None = Field(None, description="overrides the preset")
+    cornering_mps2: PositiveFloat | None = Field(None, description="overrides the preset")
+    min_duration_s: Annotated[float, Field(ge=0, le=10)] | None = None
+    impact_g: Annotated[float, Field(gt=0.5, le=50)] = 2.5
+
+    def harsh(self) -> HarshConfig:
+        """The preset with this section's overrides."""
+        from dataclasses import replace
+
+        from agent.imu.harsh import preset
+
+        base = preset(self.preset)
+        out = {}
+        for name, value in (
+            ("acceleration", self.acceleration_mps2),
+            ("braking", self.braking_mps2),
+            ("cornering", self.cornering_mps2),
+        ):
+            cls = getattr(base, name)
+            if value is not None:
+                cls = replace(cls, threshold=value, end_threshold=round(value * 0.75, 2))
+            if self.min_duration_s is not None:
+                cls = replace(cls, min_duration_s=self.min_duration_s)
+            out[name] = cls
+        return replace(base, **out)
+
+    def processor(self, *, earth_frame: bool = False) -> ImuProcessor:
+        from agent.imu.processor import ImuProcessor
+
+        return ImuProcessor(self.harsh(), impact_g=self.impact_g, earth_frame=earth_frame)
+
+
 class ClockConfig(_Section):
     source: Literal["auto", "system", "gnss"] = Field(
         "auto",
@@ -223,6 +271,7 @@ class AgentConfig(_Section):
     geofence: GeofenceConfig = GeofenceConfig()
     trips: TripsConfig = TripsConfig()
     obd: ObdConfig = ObdConfig()
+    imu: ImuConfig = ImuConfig()
     clock: ClockConfig = ClockConfig()
     log: LogConfig = LogConfig()
 

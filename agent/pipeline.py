@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +23,10 @@ from agent.geofence.detector import GeofenceDetector
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix
 from agent.gps.sampler import PositionSampler
+from agent.imu.harsh import HarshDetection, harsh_event
+from agent.imu.impact import ImpactDetection, impact_event, trace_event
+from agent.imu.processor import Detection, ImuProcessor
+from agent.imu.sample import ImuSample
 from agent.messages import EventData, ObdData, PositionData, Stream
 from agent.obd.exchange import Exchange
 from agent.obd.pids import ODOMETER
@@ -88,6 +95,19 @@ HARSH_PREFIXES = ("harsh_", "impact")
 OBD_SILENT_S = 5.0
 
 
+@dataclass(frozen=True)
+class ImuClock:
+    """Between the IMU samples' clock and the rest: a fix's time on it, and UTC of a time on it.
+
+    Live, samples carry the monotonic clock: ``of_fix`` is the fix's receive
+    time and ``utc`` the agent's trusted clock.  In replay both come from
+    an anchor: the CSV's t = 0 is a UTC instant.
+    """
+
+    of_fix: Callable[[Fix], float | None]
+    utc: Callable[[float], datetime | None]
+
+
 class Pipeline:
     def __init__(
         self,
@@ -97,6 +117,8 @@ class Pipeline:
         geofence: GeofenceDetector | None = None,
         trips: TripsConfig | None = None,
         obd: ObdProcessor | None = None,
+        imu: ImuProcessor | None = None,
+        imu_clock: ImuClock | None = None,
     ) -> None:
         cfg = sampler or SamplerConfig()
         self.sampler = PositionSampler(
@@ -127,6 +149,11 @@ class Pipeline:
             limit_at=limits,
         )
         self.obd = obd
+        self.imu = imu
+        self.imu_clock = imu_clock
+        self.course: float | None = None  # last course over ground, for event headings
+        self.speed_mps: float | None = None
+        self._imu_untimed: list[Detection] = []
         self._trip_odometer: float | None = None
         self._trip_harsh: Counter[str] = Counter()
         self.position: tuple[float, float] | None = None  # last fix, to place OBD events
@@ -137,6 +164,9 @@ class Pipeline:
         self.fixes += 1
         if fix.has_position and fix.lat is not None and fix.lon is not None:
             self.position = (fix.lat, fix.lon)
+            self.speed_mps = fix.speed
+            if fix.course is not None:
+                self.course = fix.course
         try:
             out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
             out.extend(self._obd_silent(fix))
@@ -147,6 +177,7 @@ class Pipeline:
             out.extend(("events", e) for e in self.idle.feed_fix(fix))
             out.extend(("events", e) for e in self._trip_extras(self.trips.feed_fix(fix)))
             out.extend(("events", e) for e in self.overspeed.feed(fix))
+            out.extend(self._imu_motion(fix))
             self._count_harsh(out)
         except ValidationError as exc:
             # Garbled input without a checksum can carry anything; count it
@@ -154,6 +185,71 @@ class Pipeline:
             self.rejected += 1
             log.warning("fix at %s rejected: %s", fix.time, exc.errors()[0]["msg"])
             return []
+        return out
+
+    # -- IMU -----------------------------------------------------------------
+
+    def _imu_motion(self, fix: Fix) -> list[Output]:
+        if self.imu is None or self.imu_clock is None or not fix.has_position:
+            return []
+        t = self.imu_clock.of_fix(fix)
+        if t is None:
+            return []
+        return self._imu_events(self.imu.feed_motion(t, fix.speed, fix.course))
+
+    def feed_imu(self, sample: ImuSample) -> list[Output]:
+        """One IMU sample: impacts at once, harsh events when they end."""
+        if self.imu is None:
+            raise RuntimeError("pipeline built without an IMU processor")
+        out = self._imu_events(self.imu.feed_imu(sample))
+        self._count_harsh(out)
+        return out
+
+    def flush_imu(self) -> list[Output]:
+        """End of a recording: events still open in the IMU detectors."""
+        if self.imu is None:
+            return []
+        out = self._imu_events(self.imu.flush())
+        self._count_harsh(out)
+        return out
+
+    def _imu_events(self, found: list[Detection]) -> list[Output]:
+        """Detections (sample-clock times) as events; held while no UTC is known."""
+        if not found and not self._imu_untimed:
+            return []
+        assert self.imu_clock is not None
+        pending, self._imu_untimed = [*self._imu_untimed, *found], []
+        lat, lon = self.position if self.position else (None, None)
+        speed = None if self.speed_mps is None else self.speed_mps * 3.6
+        out: list[Output] = []
+        for d in pending:
+            t = (
+                d.t_start
+                if isinstance(d, HarshDetection)
+                else d.t
+                if isinstance(d, ImpactDetection)
+                else d.t0
+            )
+            ts = self.imu_clock.utc(t)
+            if ts is None:
+                self._imu_untimed.append(d)
+                continue
+            if isinstance(d, HarshDetection):
+                out.append(("events", harsh_event(d, ts, lat, lon, self.course)))
+            elif isinstance(d, ImpactDetection):
+                assert self.imu is not None
+                ev = impact_event(
+                    d,
+                    ts,
+                    lat,
+                    lon,
+                    threshold_g=self.imu.impact.threshold_g,
+                    speed_kmh=speed,
+                    heading_deg=self.course,
+                )
+                out.append(("events", ev))
+            else:
+                out.append(("events", trace_event(d, ts)))
         return out
 
     def _obd_silent(self, fix: Fix) -> list[Output]:

@@ -142,14 +142,20 @@ def test_trips_split_where_the_engine_stops(workday: tuple[Scenario, str]) -> No
         assert start["data"]["reason"] == "engine"
     # Every run but maybe the last ends with the engine; the last one too if the drive ends.
     assert len(ends) == len(running)
-    for (_lo, hi), end in zip(running, ends, strict=True):
+    for (_lo, hi), start, end in zip(running, starts, ends, strict=True):
         assert abs(seconds(scenario, end["ts"]) - hi) <= 5.0
         assert end["data"]["reason"] == "engine_off"
         assert end["data"]["distance_m"] > 0
         # The odometer (PID A6, 0.1 km steps, read every 10 s) agrees with GNSS.
         odo_m = end["data"]["odometer_km"] * 1000
         assert abs(odo_m - end["data"]["distance_m"]) <= 250, end["data"]
-        assert end["data"]["harsh"] == {}
+        # harsh: the harsh events the same replay reported inside the trip, by type.
+        inside = [
+            e["type"]
+            for e in events(text, "harsh_acceleration", "harsh_braking", "harsh_cornering")
+            if start["ts"] <= e["ts"] <= end["ts"]
+        ]
+        assert sum(end["data"]["harsh"].values()) == len(inside)
 
 
 def test_speeding_stretch_is_one_event(workday: tuple[Scenario, str]) -> None:
