@@ -160,6 +160,7 @@ def replay(
     imu_clock = ImuClock(
         of_fix=lambda f: None if f.time is None else (f.time - anchor).total_seconds(),
         utc=lambda t: anchor + timedelta(seconds=t),
+        of_utc=lambda ts: (ts - anchor).total_seconds(),
     )
     pipeline = Pipeline(
         sampler,

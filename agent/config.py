@@ -211,7 +211,17 @@ class ImuConfig(_Section):
     source: Literal["none", "i2c", "termux"] = Field(
         "none", description="i2c: a chip on the Pi's I2C bus; termux: a phone's sensors"
     )
-    chip: Literal["auto", "mpu6050", "mpu9250", "icm20948", "lsm6ds3"] = "auto"
+    chip: Literal[
+        "auto",
+        "mpu6050",
+        "mpu6500",
+        "mpu9250",
+        "mpu9255",
+        "icm20948",
+        "lsm6ds3",
+        "lsm6dsl",
+        "lsm6dso",
+    ] = "auto"
     i2c_bus: Annotated[int, Field(ge=0, le=255)] = 1
     i2c_address: Annotated[int, Field(ge=0x03, le=0x77)] | None = None
     rate_hz: Annotated[int, Field(ge=50, le=200)] = 100

@@ -29,9 +29,9 @@ from agent.imu.processor import Detection, ImuProcessor
 from agent.imu.sample import ImuSample
 from agent.messages import EventData, ObdData, PositionData, Stream
 from agent.obd.exchange import Exchange
-from agent.obd.pids import ODOMETER
+from agent.obd.pids import ODOMETER, VEHICLE_SPEED
 from agent.obd.processor import ObdProcessor
-from agent.obd.state import EngineSample
+from agent.obd.state import EngineSample, EngineState
 from agent.trips.idle import IdleDetector
 from agent.trips.overspeed import OverspeedDetector
 from agent.trips.stops import StopDetector
@@ -91,6 +91,8 @@ class FixStateDetector:
 
 # Event types counted per trip in trip_end's ``harsh`` (the IMU issue adds them).
 HARSH_PREFIXES = ("harsh_", "impact")
+# IMU detections held while no trusted UTC exists, at most (then dropped).
+MAX_IMU_UNTIMED = 1000
 # No OBD exchange for this long (receiver time): the adapter is gone or hung.
 OBD_SILENT_S = 5.0
 
@@ -106,6 +108,7 @@ class ImuClock:
 
     of_fix: Callable[[Fix], float | None]
     utc: Callable[[float], datetime | None]
+    of_utc: Callable[[datetime], float | None]
 
 
 class Pipeline:
@@ -153,7 +156,7 @@ class Pipeline:
         self.imu_clock = imu_clock
         self.course: float | None = None  # last course over ground, for event headings
         self.speed_mps: float | None = None
-        self._imu_untimed: list[Detection] = []
+        self._imu_untimed: list[Detection] = []  # bounded: see _imu_events
         self._trip_odometer: float | None = None
         self._trip_harsh: Counter[str] = Counter()
         self.position: tuple[float, float] | None = None  # last fix, to place OBD events
@@ -162,11 +165,16 @@ class Pipeline:
 
     def feed_fix(self, fix: Fix) -> list[Output]:
         self.fixes += 1
-        if fix.has_position and fix.lat is not None and fix.lon is not None:
-            self.position = (fix.lat, fix.lon)
-            self.speed_mps = fix.speed
-            if fix.course is not None:
-                self.course = fix.course
+        if fix.has_position and not (
+            -90.0 <= (fix.lat or 0.0) <= 90.0 and -180.0 <= (fix.lon or 0.0) <= 180.0
+        ):
+            # Off the globe: no detector may use it (a trip would start, a
+            # geofence be left); counted like any fix no record may hold.
+            self.rejected += 1
+            log.warning(
+                "fix at %s rejected: position %s, %s off the globe", fix.time, fix.lat, fix.lon
+            )
+            return []
         try:
             out: list[Output] = [("events", e) for e in self.fix_state.feed(fix)]
             out.extend(self._obd_silent(fix))
@@ -185,6 +193,12 @@ class Pipeline:
             self.rejected += 1
             log.warning("fix at %s rejected: %s", fix.time, exc.errors()[0]["msg"])
             return []
+        # Only a fix that made valid records places later OBD and IMU events.
+        if fix.has_position and fix.lat is not None and fix.lon is not None:
+            self.position = (fix.lat, fix.lon)
+            self.speed_mps = fix.speed
+            if fix.course is not None:
+                self.course = fix.course
         return out
 
     # -- IMU -----------------------------------------------------------------
@@ -201,7 +215,12 @@ class Pipeline:
         """One IMU sample: impacts at once, harsh events when they end."""
         if self.imu is None:
             raise RuntimeError("pipeline built without an IMU processor")
-        out = self._imu_events(self.imu.feed_imu(sample))
+        try:
+            out = self._imu_events(self.imu.feed_imu(sample))
+        except ValidationError as exc:
+            self.rejected += 1
+            log.warning("IMU event rejected: %s", exc.errors()[0]["msg"])
+            return []
         self._count_harsh(out)
         return out
 
@@ -232,7 +251,8 @@ class Pipeline:
             )
             ts = self.imu_clock.utc(t)
             if ts is None:
-                self._imu_untimed.append(d)
+                if len(self._imu_untimed) < MAX_IMU_UNTIMED:
+                    self._imu_untimed.append(d)
                 continue
             if isinstance(d, HarshDetection):
                 out.append(("events", harsh_event(d, ts, lat, lon, self.course)))
@@ -280,10 +300,26 @@ class Pipeline:
         out: list[Output] = list(result.records)
         for sample in result.engine:
             out.extend(self.feed_engine(sample))
+        speed = self.obd.latest.get(VEHICLE_SPEED)
+        if exchange.req == "010D" and exchange.replies and speed is not None:
+            out.extend(self._imu_obd_speed(exchange.ts, speed / 3.6))
         return out
+
+    def _imu_obd_speed(self, ts: datetime, speed_mps: float) -> list[Output]:
+        """OBD vehicle speed (2 Hz) helps calibrate the mounting, and is the IMU's speed."""
+        if self.imu is None or self.imu_clock is None:
+            return []
+        t = self.imu_clock.of_utc(ts)
+        if t is None:
+            return []
+        return self._imu_events(self.imu.feed_motion(t, speed_mps, None, "obd"))
 
     def feed_engine(self, sample: EngineSample) -> list[Output]:
         """Engine state from OBD (live or replayed) for the idle and trip detectors."""
+        if self.imu is not None and self.imu_clock is not None:
+            t = self.imu_clock.of_utc(sample.time)
+            if t is not None and sample.state is not EngineState.UNKNOWN:
+                self.imu.feed_engine(t, sample.state is EngineState.RUNNING)
         out: list[Output] = [("events", e) for e in self.idle.feed_engine(sample)]
         out.extend(("events", e) for e in self._trip_extras(self.trips.feed_engine(sample)))
         return out

@@ -31,6 +31,10 @@ from agent.geofence.model import ZoneSet, load_zone_file
 from agent.gps.fix import Fix
 from agent.gps.source_base import GpsSource
 from agent.gps.sources import open_source
+from agent.imu.processor import ImuProcessor
+from agent.imu.sample import ImuSample
+from agent.imu.source_base import ImuSource
+from agent.imu.sources import open_imu_source
 from agent.messages import (
     CommandResult,
     EventData,
@@ -44,7 +48,7 @@ from agent.obd.link import ObdLink
 from agent.obd.processor import ObdProcessor
 from agent.obd.reader import Stamped
 from agent.obd.service import ObdService
-from agent.pipeline import Pipeline, geofence_detector
+from agent.pipeline import ImuClock, Pipeline, geofence_detector
 from agent.remote_config import ConfigGate, Decision
 from agent.uplink import Uplink
 
@@ -76,6 +80,7 @@ class Agent:
         rng: random.Random | None = None,
         mono: Callable[[], float] = time.monotonic,
         obd_link: ObdLink | None = None,
+        imu_source: ImuSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -90,12 +95,25 @@ class Agent:
         if cfg.obd.source != "none" or obd_link is not None:
             processor = ObdProcessor(cfg.obd.snapshot_interval_s, dtcs=self._dtc_tracker())
             self.obd = ObdService(cfg.obd, self.handle_obd, link=obd_link)
+        # Harsh driving runs on every device: from the IMU once its mounting is
+        # calibrated, from GNSS speed and course before that or without one.
+        imu = cfg.imu.processor()
+        self._restore_mounting(imu)
         self.pipeline = Pipeline(
             cfg.sampler,
             geofence=geofence_detector(cfg.geofence, self.zones),
             trips=cfg.trips,
             obd=processor,
+            imu=imu,
+            imu_clock=ImuClock(
+                of_fix=lambda f: f.mono, utc=self.clock.utc_at, of_utc=self._mono_of
+            ),
         )
+        self.imu_source: ImuSource | None = imu_source
+        if self.imu_source is None and cfg.imu.source != "none":
+            self.imu_source = open_imu_source(cfg.imu)
+        self._mounting_state = imu.calibrator.state if imu.calibrator else None
+        self.imu_failures = 0
         # OBD exchanges that completed before any trusted UTC existed.
         self._obd_waiting: deque[Stamped] = deque(maxlen=4096)
         self._obd_log: TextIO | None = None
@@ -133,6 +151,43 @@ class Agent:
         if self.cfg.geofence.zones_file is not None:
             return load_zone_file(self.cfg.geofence.zones_file).model_copy(update={"version": 0})
         return ZoneSet(version=0, zones=[])
+
+    def _mono_of(self, ts: datetime) -> float | None:
+        """The monotonic instant of a UTC time (the IMU's clock), while UTC is trusted."""
+        now = self.clock.now()
+        return None if now is None else self._mono() - (now - ts).total_seconds()
+
+    def _restore_mounting(self, imu: ImuProcessor) -> None:
+        """A mounting calibrated before a restart is used at once (and re-checked at a stop)."""
+        stored = self.outbox.get_state("imu_mounting")
+        if stored is None or imu.calibrator is None:
+            return
+        try:
+            snapshot = json.loads(stored)
+            if snapshot is not None:  # null: the mounting moved, nothing to trust
+                imu.calibrator.restore(snapshot)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.error("stored IMU mounting unusable, calibrating afresh: %s", exc)
+
+    def handle_imu(self, batch: list[ImuSample]) -> None:
+        """Samples from the IMU source: impacts go out at once, ahead of any backlog."""
+        for sample in batch:
+            for stream, record in self.pipeline.feed_imu(sample):
+                self._emit(stream, record, urgent=True)
+        imu = self.pipeline.imu
+        if imu is not None and imu.calibrator is not None:
+            state = imu.calibrator.state
+            if state != self._mounting_state:
+                self._mounting_state = state
+                log.info("IMU mounting: %s", imu.calibrator.status().get("detail", state))
+                if state == "calibrated":
+                    with contextlib.suppress(sqlite3.Error):
+                        self.outbox.set_state("imu_mounting", json.dumps(imu.calibrator.snapshot()))
+
+    async def _read_imu(self) -> None:
+        assert self.imu_source is not None
+        async for batch in self.imu_source.batches():
+            self.handle_imu(batch)
 
     def _dtc_tracker(self) -> DtcTracker:
         """DTCs already reported before a restart are not announced again."""
@@ -278,10 +333,20 @@ class Agent:
             "zones": len(self.zones.zones),
             "gps": self.source.status(),
             **({"obd": self._obd_health()} if self.obd is not None else {}),
+            "imu": self._imu_health(),
             "outbox": {**self.outbox.depth(), "dropped": self.outbox.dropped},
             "outbox_error": self.outbox.last_error,
             "uplink": self.uplink.status(),
         }
+
+    def _imu_health(self) -> dict[str, Any]:
+        assert self.pipeline.imu is not None
+        out = self.pipeline.imu.health()
+        if self.imu_failures:
+            out["failures"] = self.imu_failures
+        if self.imu_source is not None:
+            out["source"] = self.imu_source.status()
+        return out
 
     def _obd_health(self) -> dict[str, Any]:
         assert self.obd is not None and self.pipeline.obd is not None
@@ -293,7 +358,8 @@ class Agent:
     # -- data path ------------------------------------------------------------
 
     def _emit(self, stream: Stream, record: Any, urgent: bool = False) -> None:
-        self.outbox.add(stream, record_body(record))
+        priority = isinstance(record, EventData) and record.type == "impact"
+        self.outbox.add(stream, record_body(record), priority=priority)
         if urgent and self.outbox.commit():
             self.uplink.wake()
 
@@ -341,6 +407,8 @@ class Agent:
         ]
         if self.obd is not None:
             tasks.append(asyncio.create_task(self.obd.run(), name="obd"))
+        if self.imu_source is not None:
+            tasks.append(asyncio.create_task(self._read_imu(), name="imu"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:

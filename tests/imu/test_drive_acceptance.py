@@ -125,3 +125,52 @@ def test_without_imu_the_longitudinal_ones_come_from_speed(
     assert len(harsh) == len(truth)
     assert all(e["data"]["source"] == "gnss" and e["data"]["confidence"] == "low" for _, e in pairs)
     assert [e for e in events if e["type"] == "impact"] == []
+
+
+def test_a_garbled_fix_never_places_an_impact() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from agent.gps.fix import Fix, FixMode
+    from agent.imu.processor import ImuProcessor
+    from agent.imu.sample import GRAVITY, ImuSample
+    from agent.pipeline import ImuClock, Pipeline
+
+    t0 = datetime(2024, 5, 14, 7, 30, tzinfo=UTC)
+    pipe = Pipeline(
+        imu=ImuProcessor(),
+        imu_clock=ImuClock(
+            of_fix=lambda f: f.mono,
+            utc=lambda t: t0 + timedelta(seconds=t),
+            of_utc=lambda ts: (ts - t0).total_seconds(),
+        ),
+    )
+    good = Fix(time=t0, mono=0.0, mode=FixMode.FIX_3D, lat=52.1, lon=5.07, speed=0.0)
+    bad = Fix(time=t0 + timedelta(seconds=1), mono=1.0, mode=FixMode.FIX_3D, lat=95.0, lon=5.07)
+    pipe.feed_fix(good)
+    assert pipe.feed_fix(bad) == [] and pipe.rejected == 1
+    out = []
+    for k in range(300):
+        t = 1.0 + k / 100
+        out += pipe.feed_imu(ImuSample(t, 4 * GRAVITY if k == 150 else 0.0, 0.0, GRAVITY))
+    impacts = [r for _s, r in out if getattr(r, "type", "") == "impact"]
+    assert len(impacts) == 1
+    assert (impacts[0].lat, impacts[0].lon) == (52.1, 5.07)  # the last valid fix
+
+
+@pytest.mark.shared_data
+def test_replay_cli_reads_a_real_android_drive(shared_data: Path) -> None:
+    import subprocess
+    import sys
+
+    trip = shared_data / "driving" / "driverBehaviorDataset" / "data" / "17"
+    args = [sys.executable, "-m", "agent.cli", "replay", "--imu", str(trip), "--earth-frame"]
+    args += ["--imu-start", "2016-05-14T14:17:08.871Z"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line)["payload"]["records"][0] for line in first.stdout.splitlines()]
+    kinds = {r["type"] for r in records}
+    assert {"harsh_braking", "harsh_acceleration"} <= kinds
+    assert all(r["ts"].startswith("2016-05-14T14:") for r in records)
+    assert all(r["data"]["confidence"] == "medium" for r in records)  # no speed known
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert second.stdout == first.stdout
