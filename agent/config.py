@@ -207,6 +207,25 @@ class ObdConfig(_Section):
         return self
 
 
+class HarshClassConfig(_Section):
+    """Overrides of one harsh class's preset values (absent keys keep the preset's)."""
+
+    threshold_mps2: PositiveFloat | None = None
+    end_mps2: PositiveFloat | None = Field(None, description="hysteresis: the event ends below")
+    min_duration_s: Annotated[float, Field(ge=0, le=10)] | None = None
+    min_speed_kmh: Annotated[float, Field(ge=0, le=200)] | None = None
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> HarshClassConfig:
+        if (
+            self.end_mps2 is not None
+            and self.threshold_mps2 is not None
+            and self.end_mps2 > self.threshold_mps2
+        ):
+            raise ValueError("end_mps2 must not exceed threshold_mps2 (it is where the event ends)")
+        return self
+
+
 class ImuConfig(_Section):
     source: Literal["none", "i2c", "termux"] = Field(
         "none", description="i2c: a chip on the Pi's I2C bus; termux: a phone's sensors"
@@ -228,31 +247,39 @@ class ImuConfig(_Section):
     accel_range_g: Literal[2, 4, 8, 16] = Field(16, description="16 g keeps impacts unclipped")
     gyro_range_dps: Literal[250, 500, 1000, 2000] = 500
     preset: Literal["car", "van", "truck"] = "van"
-    acceleration_mps2: PositiveFloat | None = Field(None, description="overrides the preset")
-    braking_mps2: PositiveFloat | None = Field(None, description="overrides the preset")
-    cornering_mps2: PositiveFloat | None = Field(None, description="overrides the preset")
-    min_duration_s: Annotated[float, Field(ge=0, le=10)] | None = None
+    acceleration: HarshClassConfig = HarshClassConfig()
+    braking: HarshClassConfig = HarshClassConfig()
+    cornering: HarshClassConfig = HarshClassConfig()
     impact_g: Annotated[float, Field(gt=0.5, le=50)] = 2.5
 
     def harsh(self) -> HarshConfig:
-        """The preset with this section's overrides."""
+        """The preset with this section's per-class overrides."""
         from dataclasses import replace
 
         from agent.imu.harsh import preset
 
         base = preset(self.preset)
         out = {}
-        for name, value in (
-            ("acceleration", self.acceleration_mps2),
-            ("braking", self.braking_mps2),
-            ("cornering", self.cornering_mps2),
-        ):
+        for name in ("acceleration", "braking", "cornering"):
             cls = getattr(base, name)
-            if value is not None:
-                cls = replace(cls, threshold=value, end_threshold=round(value * 0.75, 2))
-            if self.min_duration_s is not None:
-                cls = replace(cls, min_duration_s=self.min_duration_s)
-            out[name] = cls
+            over: HarshClassConfig = getattr(self, name)
+            threshold = over.threshold_mps2 or cls.threshold
+            end = over.end_mps2 or (
+                round(threshold * 0.75, 2) if over.threshold_mps2 else cls.end_threshold
+            )
+            if end > threshold:
+                raise ValueError(f"imu.{name}.end_mps2 ({end}) must not exceed its threshold")
+            out[name] = replace(
+                cls,
+                threshold=threshold,
+                end_threshold=end,
+                min_duration_s=cls.min_duration_s
+                if over.min_duration_s is None
+                else over.min_duration_s,
+                min_speed_kmh=cls.min_speed_kmh
+                if over.min_speed_kmh is None
+                else over.min_speed_kmh,
+            )
         return replace(base, **out)
 
     def processor(self, *, earth_frame: bool = False) -> ImuProcessor:

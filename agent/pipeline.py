@@ -10,7 +10,7 @@ geofences) plug in here beside the sampler.
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -157,6 +157,9 @@ class Pipeline:
         self.course: float | None = None  # last course over ground, for event headings
         self.speed_mps: float | None = None
         self._imu_untimed: list[Detection] = []  # bounded: see _imu_events
+        # (IMU-clock time, lat, lon, course) of recent fixes: an event is placed
+        # where it started, not where the vehicle is when it ends.
+        self._track: deque[tuple[float, float, float, float | None]] = deque(maxlen=120)
         self._trip_odometer: float | None = None
         self._trip_harsh: Counter[str] = Counter()
         self.position: tuple[float, float] | None = None  # last fix, to place OBD events
@@ -209,7 +212,21 @@ class Pipeline:
         t = self.imu_clock.of_fix(fix)
         if t is None:
             return []
+        if fix.lat is not None and fix.lon is not None:
+            self._track.append((t, fix.lat, fix.lon, fix.course))
         return self._imu_events(self.imu.feed_motion(t, fix.speed, fix.course))
+
+    def _place(self, t: float) -> tuple[float | None, float | None, float | None]:
+        """Where the vehicle was at IMU time ``t``: the last fix at or before it (recent track)."""
+        best = None
+        for entry in reversed(self._track):
+            best = entry
+            if entry[0] <= t:
+                break
+        if best is None or abs(best[0] - t) > 5.0:
+            lat, lon = self.position if self.position else (None, None)
+            return lat, lon, self.course
+        return best[1], best[2], best[3] if best[3] is not None else self.course
 
     def feed_imu(self, sample: ImuSample) -> list[Output]:
         """One IMU sample: impacts at once, harsh events when they end."""
@@ -238,7 +255,6 @@ class Pipeline:
             return []
         assert self.imu_clock is not None
         pending, self._imu_untimed = [*self._imu_untimed, *found], []
-        lat, lon = self.position if self.position else (None, None)
         speed = None if self.speed_mps is None else self.speed_mps * 3.6
         out: list[Output] = []
         for d in pending:
@@ -254,8 +270,9 @@ class Pipeline:
                 if len(self._imu_untimed) < MAX_IMU_UNTIMED:
                     self._imu_untimed.append(d)
                 continue
+            lat, lon, course = self._place(t)
             if isinstance(d, HarshDetection):
-                out.append(("events", harsh_event(d, ts, lat, lon, self.course)))
+                out.append(("events", harsh_event(d, ts, lat, lon, course)))
             elif isinstance(d, ImpactDetection):
                 assert self.imu is not None
                 ev = impact_event(
@@ -265,7 +282,7 @@ class Pipeline:
                     lon,
                     threshold_g=self.imu.impact.threshold_g,
                     speed_kmh=speed,
-                    heading_deg=self.course,
+                    heading_deg=course,
                 )
                 out.append(("events", ev))
             else:

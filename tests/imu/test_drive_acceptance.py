@@ -95,7 +95,14 @@ def test_rotated_mounting_every_scripted_event_and_nothing_else(
     harsh = [e for e in events if e["type"] in HARSH]
     pairs = matches(scenario, harsh, truth, slack_s=1.0)
     assert len(harsh) == len(truth), [(e["type"], e["ts"]) for e in harsh]
-    for _episode, event in pairs:
+    from agent.gps.geo import haversine_m
+    from simulators.route import build_drive, state_at
+
+    route = build_drive(scenario)
+    for episode, event in pairs:
+        # Placed where it started (the last fix before), not where it ended.
+        start = state_at(route, episode.t_start)
+        assert haversine_m(start.lat, start.lon, event["lat"], event["lon"]) < 25.0
         assert event["data"]["source"] == "imu"
         assert event["data"]["confidence"] == "high"
         assert event["data"]["speed_start_kmh"] is not None
