@@ -25,6 +25,7 @@ from agent.imu.impact import ImpactDetection, ImpactDetector, ImpactTrace
 from agent.imu.sample import ImuSample, VehicleAccel
 
 Detection = HarshDetection | ImpactDetection | ImpactTrace
+OBD_FRESH_S = 3.0  # OBD speed this recent makes GNSS-speed longitudinal events redundant
 
 
 @dataclass
@@ -51,6 +52,9 @@ class ImuProcessor:
         self.config = harsh or HarshConfig()
         self.harsh = HarshDetector(self.config)
         self.fallback = GnssHarshDetector(self.config)
+        # OBD wheel speed (2 Hz, no course) beats GNSS for longitudinal events.
+        self.fallback_obd = GnssHarshDetector(self.config, source="obd")
+        self._obd_speed_t: float | None = None
         self.impact = ImpactDetector(impact_g)
         self.earth = EarthFrameAligner() if earth_frame else None
         self.calibrator = None if earth_frame else (calibrator or MountingCalibrator())
@@ -76,9 +80,14 @@ class ImuProcessor:
         self.harsh.feed_speed(t, speed_mps, "obd" if source == "obd" else "gnss")
         if self.calibrator is not None:
             self.calibrator.feed_motion(t, speed_mps, source, course_deg=course_deg)
-        if source != "gnss":
-            return []
-        found = self.fallback.feed(t, speed_mps, course_deg)
+        if source == "obd":
+            self._obd_speed_t = t
+            found = self.fallback_obd.feed(t, speed_mps, None)
+        else:
+            found = self.fallback.feed(t, speed_mps, course_deg)
+            if self._obd_speed_t is not None and t - self._obd_speed_t <= OBD_FRESH_S:
+                # Longitudinal ones come from OBD speed meanwhile: not twice.
+                found = [d for d in found if d.kind == "harsh_cornering"]
         if self.imu_ready:
             return []  # the IMU sees the same manoeuvres, better
         return self._count(found, fallback=True)
@@ -110,7 +119,7 @@ class ImuProcessor:
             for v in self.earth.flush():
                 out.extend(self.harsh.feed(v))
         out.extend(self.harsh.flush())
-        fallback = self.fallback.flush()
+        fallback = self.fallback.flush() + self.fallback_obd.flush()
         if not self.imu_ready:
             out.extend(fallback)
         return self._count(out, fallback=False)
