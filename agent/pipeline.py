@@ -13,7 +13,7 @@ import logging
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -159,7 +159,9 @@ class Pipeline:
         self._imu_untimed: list[Detection] = []  # bounded: see _imu_events
         # (IMU-clock time, lat, lon, course) of recent fixes: an event is placed
         # where it started, not where the vehicle is when it ends.
-        self._track: deque[tuple[float, float, float, float | None]] = deque(maxlen=120)
+        self._track: deque[tuple[float, float | None, float, float, float | None]] = deque(
+            maxlen=120
+        )
         self._trip_odometer: float | None = None
         self._trip_harsh: Counter[str] = Counter()
         self.position: tuple[float, float] | None = None  # last fix, to place OBD events
@@ -212,21 +214,30 @@ class Pipeline:
         t = self.imu_clock.of_fix(fix)
         if t is None:
             return []
+        utc_s = None if fix.time is None else fix.time.timestamp()
         if fix.lat is not None and fix.lon is not None:
-            self._track.append((t, fix.lat, fix.lon, fix.course))
-        return self._imu_events(self.imu.feed_motion(t, fix.speed, fix.course))
+            self._track.append((t, utc_s, fix.lat, fix.lon, fix.course))
+        return self._imu_events(self.imu.feed_motion(t, fix.speed, fix.course, utc_s=utc_s))
 
-    def _place(self, t: float) -> tuple[float | None, float | None, float | None]:
-        """Where the vehicle was at IMU time ``t``: the last fix at or before it (recent track)."""
+    def _place(
+        self, t: float, *, utc: bool = False
+    ) -> tuple[float | None, float | None, float | None]:
+        """Where the vehicle was at ``t`` (IMU clock, or Unix seconds with ``utc``).
+
+        The last fix at or before it in the recent track.
+        """
+        key = 1 if utc else 0
         best = None
         for entry in reversed(self._track):
             best = entry
-            if entry[0] <= t:
+            when = entry[key]
+            if when is not None and when <= t:
                 break
-        if best is None or abs(best[0] - t) > 5.0:
+        when = None if best is None else best[key]
+        if best is None or when is None or abs(when - t) > 5.0:
             lat, lon = self.position if self.position else (None, None)
             return lat, lon, self.course
-        return best[1], best[2], best[3] if best[3] is not None else self.course
+        return best[2], best[3], best[4] if best[4] is not None else self.course
 
     def feed_imu(self, sample: ImuSample) -> list[Output]:
         """One IMU sample: impacts at once, harsh events when they end."""
@@ -265,12 +276,14 @@ class Pipeline:
                 if isinstance(d, ImpactDetection)
                 else d.t0
             )
-            ts = self.imu_clock.utc(t)
+            # GNSS/OBD fallback detections are on the reports' own UTC.
+            on_utc = isinstance(d, HarshDetection) and d.source != "imu"
+            ts = datetime.fromtimestamp(t, UTC) if on_utc else self.imu_clock.utc(t)
             if ts is None:
                 if len(self._imu_untimed) < MAX_IMU_UNTIMED:
                     self._imu_untimed.append(d)
                 continue
-            lat, lon, course = self._place(t)
+            lat, lon, course = self._place(t, utc=on_utc)
             if isinstance(d, HarshDetection):
                 out.append(("events", harsh_event(d, ts, lat, lon, course)))
             elif isinstance(d, ImpactDetection):
@@ -320,6 +333,7 @@ class Pipeline:
         speed = self.obd.latest.get(VEHICLE_SPEED)
         if exchange.req == "010D" and exchange.replies and speed is not None:
             out.extend(self._imu_obd_speed(exchange.ts, speed / 3.6))
+        self._count_harsh(out)
         return out
 
     def _imu_obd_speed(self, ts: datetime, speed_mps: float) -> list[Output]:
@@ -329,7 +343,9 @@ class Pipeline:
         t = self.imu_clock.of_utc(ts)
         if t is None:
             return []
-        return self._imu_events(self.imu.feed_motion(t, speed_mps, None, "obd"))
+        return self._imu_events(
+            self.imu.feed_motion(t, speed_mps, None, "obd", utc_s=ts.timestamp())
+        )
 
     def feed_engine(self, sample: EngineSample) -> list[Output]:
         """Engine state from OBD (live or replayed) for the idle and trip detectors."""

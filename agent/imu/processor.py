@@ -8,7 +8,8 @@ live, the file's clock in replay); the caller converts to UTC at the edge.
   is calibrated (or at once for earth-frame data, whose vertical is known).
 * Until then, and on a device without an IMU, the GNSS/OBD speed derivative
   and course change give longitudinal and cornering events, marked with
-  ``source`` gnss/obd and ``confidence`` low.  When the IMU takes over the
+  ``source`` gnss/obd and ``confidence`` low.  Those run on the reports'
+  own UTC (``utc_s``), so their times are Unix seconds, not sample-clock.  When the IMU takes over the
   fallback goes quiet, so one manoeuvre is never reported twice.
 """
 
@@ -71,20 +72,32 @@ class ImuProcessor:
         )
 
     def feed_motion(
-        self, t: float, speed_mps: float | None, course_deg: float | None, source: str = "gnss"
+        self,
+        t: float,
+        speed_mps: float | None,
+        course_deg: float | None,
+        source: str = "gnss",
+        *,
+        utc_s: float | None = None,
     ) -> list[Detection]:
-        """A GNSS fix (or OBD speed) at sample-clock time ``t``."""
+        """A GNSS fix (or OBD speed) at sample-clock time ``t``.
+
+        ``utc_s`` is the report's own time (receiver UTC, Unix seconds): the
+        fallback detectors differentiate speed on it, not on when the fix
+        happened to arrive, and their detections carry times on it.
+        """
         if speed_mps is None:
             return []
+        own = t if utc_s is None else utc_s
         self.counts.fixes += 1
         self.harsh.feed_speed(t, speed_mps, "obd" if source == "obd" else "gnss")
         if self.calibrator is not None:
             self.calibrator.feed_motion(t, speed_mps, source, course_deg=course_deg)
         if source == "obd":
             self._obd_speed_t = t
-            found = self.fallback_obd.feed(t, speed_mps, None)
+            found = self.fallback_obd.feed(own, speed_mps, None)
         else:
-            found = self.fallback.feed(t, speed_mps, course_deg)
+            found = self.fallback.feed(own, speed_mps, course_deg)
             if self._obd_speed_t is not None and t - self._obd_speed_t <= OBD_FRESH_S:
                 # Longitudinal ones come from OBD speed meanwhile: not twice.
                 found = [d for d in found if d.kind == "harsh_cornering"]

@@ -181,3 +181,36 @@ def test_replay_cli_reads_a_real_android_drive(shared_data: Path) -> None:
     assert all(r["data"]["confidence"] == "medium" for r in records)  # no speed known
     second = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert second.stdout == first.stdout
+
+
+def test_gnss_fallback_uses_receiver_time_not_arrival_time(
+    drive: tuple[Scenario, Path, Path],
+) -> None:
+    # Live, fixes are placed on the IMU clock by when they arrived; a replayed
+    # or sped-up receiver delivers them faster than its own time runs.  The
+    # speed derivative must come from the receiver's time, or every gentle
+    # stop would look harsh.
+    from datetime import timedelta
+
+    from agent.gps.nmea import iter_file_fixes
+    from agent.imu.processor import ImuProcessor
+    from agent.pipeline import ImuClock, Pipeline
+
+    scenario, nmea, _ = drive
+    start = scenario.start_utc
+    pipe = Pipeline(
+        imu=ImuProcessor(),
+        imu_clock=ImuClock(
+            of_fix=lambda f: f.mono / 200,  # arrival: 10x faster than receiver time
+            utc=lambda t: start + timedelta(seconds=t),
+            of_utc=lambda ts: (ts - start).total_seconds() / 10,
+        ),
+    )
+    out = []
+    for fix in iter_file_fixes(nmea):  # mono = line number, about 20 lines per epoch
+        out += pipe.feed_fix(fix)
+    harsh = [r for _s, r in out if getattr(r, "type", "").startswith("harsh_")]
+    truth = [t for t in truth_harsh(scenario) if t.kind != "harsh_cornering"]
+    assert sorted(e.type for e in harsh) == sorted(t.kind for t in truth)
+    for event, episode in zip(sorted(harsh, key=lambda e: e.ts), truth, strict=True):
+        assert abs(seconds(scenario, event.ts.isoformat()) - episode.t_start) <= 2.0
