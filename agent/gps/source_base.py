@@ -17,19 +17,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncGenerator
 from datetime import date
 from typing import Any, ClassVar
 
 from agent.backoff import Backoff
+from agent.device import SupervisedDevice
 from agent.gps.fix import Fix
 from agent.gps.nmea import NmeaParser
 
 log = logging.getLogger(__name__)
 
 
-class GpsSource(ABC):
+class GpsSource(SupervisedDevice):
     """A GNSS receiver, however it is reached.
 
     Subclasses set ``kind`` and implement ``fixes()`` (an async generator)
@@ -40,36 +41,18 @@ class GpsSource(ABC):
     kind: ClassVar[str]
 
     def __init__(self, *, name: str | None = None, backoff: Backoff | None = None) -> None:
-        self.name = name or f"gps-{self.kind}"
-        self._backoff = backoff if backoff is not None else Backoff()
-        self._connected = False
-        self._connects = 0
-        self._last_error: str | None = None
+        super().__init__(name=name or f"gps-{self.kind}", backoff=backoff)
         self._bytes_read = 0
         self._fixes = 0
-
-    @property
-    @abstractmethod
-    def target(self) -> str:
-        """The device path, host:port or file this source reads."""
 
     @abstractmethod
     def fixes(self) -> AsyncGenerator[Fix, None]:
         """Yield fixes until cancelled, reopening the device as needed."""
 
     def status(self) -> dict[str, Any]:
-        """A JSON-able health snapshot for the agent's status report and logs.
-
-        ``reconnects`` counts successful opens after the first one, i.e. how
-        often the device came back after being lost.
-        """
+        """A JSON-able health snapshot for the agent's status report and logs."""
         return {
-            "name": self.name,
-            "kind": self.kind,
-            "target": self.target,
-            "connected": self._connected,
-            "reconnects": max(0, self._connects - 1),
-            "last_error": self._last_error,
+            **self.link_status(),
             "bytes_read": self._bytes_read,
             "fixes": self._fixes,
             "parser": self._parser_stats(),
@@ -80,20 +63,6 @@ class GpsSource(ABC):
         """Counters of whatever turns this source's bytes into fixes."""
 
     # -- helpers for subclasses -------------------------------------------------
-
-    def _opened(self) -> None:
-        self._connected = True
-        self._connects += 1
-        log.info("%s: opened %s", self.name, self.target)
-
-    def _lost(self, error: str) -> None:
-        """Record why the device was lost (or could not be opened)."""
-        if error != self._last_error:
-            log.warning("%s: %s: %s", self.name, self.target, error)
-        else:
-            log.debug("%s: %s: %s", self.name, self.target, error)
-        self._connected = False
-        self._last_error = error
 
     async def _wait_before_retry(self) -> None:
         await asyncio.sleep(self._backoff.next())

@@ -29,18 +29,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 from agent.backoff import Backoff
+from agent.device import SupervisedDevice
 from agent.imu.health import HealthConfig, HealthMonitor
 from agent.imu.sample import ImuSample
 
 log = logging.getLogger(__name__)
 
 
-class ImuSource(ABC):
+class ImuSource(SupervisedDevice):
     """An IMU, however it is reached.
 
     Subclasses set ``kind``, implement ``batches()`` (an async generator) and
@@ -56,20 +57,11 @@ class ImuSource(ABC):
         backoff: Backoff | None = None,
         health: HealthConfig | None = None,
     ) -> None:
-        self.name = name or f"imu-{self.kind}"
-        self._backoff = backoff if backoff is not None else Backoff()
+        super().__init__(name=name or f"imu-{self.kind}", backoff=backoff)
         self._health = HealthMonitor(health)
-        self._connected = False
-        self._connects = 0
-        self._last_error: str | None = None
         self._samples = 0
         self._batches = 0
         self._closing = asyncio.Event()
-
-    @property
-    @abstractmethod
-    def target(self) -> str:
-        """What this source opens (command line, bus and address), for status and logs."""
 
     @abstractmethod
     def batches(self) -> AsyncGenerator[list[ImuSample], None]:
@@ -97,12 +89,7 @@ class ImuSource(ABC):
     def status(self) -> dict[str, Any]:
         """A JSON-able health snapshot: link state, counters, sample checks, problems."""
         out: dict[str, Any] = {
-            "name": self.name,
-            "kind": self.kind,
-            "target": self.target,
-            "connected": self._connected,
-            "reconnects": max(0, self._connects - 1),
-            "last_error": self._last_error,
+            **self.link_status(),
             "samples": self._samples,
             "batches": self._batches,
         }
@@ -127,20 +114,6 @@ class ImuSource(ABC):
         self._batches += 1
         self._samples += len(batch)
         self._health.update(batch)
-
-    def _opened(self) -> None:
-        self._connected = True
-        self._connects += 1
-        log.info("%s: opened %s", self.name, self.target)
-
-    def _lost(self, error: str) -> None:
-        """Record why the device was lost (or could not be opened)."""
-        if error != self._last_error:
-            log.warning("%s: %s: %s", self.name, self.target, error)
-        else:
-            log.debug("%s: %s: %s", self.name, self.target, error)
-        self._connected = False
-        self._last_error = error
 
     async def _wait_before_retry(self) -> None:
         """Back off before reopening; returns at once when the source is closed."""
