@@ -47,6 +47,7 @@ from typing import Any, Protocol
 import can
 import isotp
 
+from simulators.args import positive
 from simulators.ecu import EcuModel
 from simulators.scenario import ObdFault, Scenario, ScenarioError, load_scenario
 
@@ -437,7 +438,7 @@ def add_can_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--speed",
-        type=_positive,
+        type=positive,
         default=1.0,
         metavar="X",
         help="simulated seconds per wall second",
@@ -445,9 +446,7 @@ def add_can_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start", type=float, default=0.0, metavar="SEC", help="scenario second to start at"
     )
-    parser.add_argument(
-        "--duration", type=_positive, metavar="SEC", help="stop after SEC simulated"
-    )
+    parser.add_argument("--duration", type=positive, metavar="SEC", help="stop after SEC simulated")
     ids = parser.add_mutually_exclusive_group()
     ids.add_argument(
         "--extended", dest="extended", action="store_true", default=None, help="29-bit ids"
@@ -573,13 +572,6 @@ def _percent(text: str) -> float:
     value = float(text)
     if not 0 <= value <= 90:
         raise argparse.ArgumentTypeError("must be 0-90 (percent of the bus)")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError("must be a positive number")
     return value
 
 

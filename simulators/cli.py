@@ -30,6 +30,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import Protocol
 
+from simulators.args import positive
 from simulators.can_ecu import add_can_arguments, run_can
 from simulators.ecu import EcuModel
 from simulators.elm327 import Elm327, Elm327Device, ElmSummary, PtyPort, TcpPort
@@ -103,9 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     gps.add_argument("--rate", type=int, metavar="HZ", help="epochs per second (1-10)")
     gps.add_argument("--talker", choices=("GP", "GN"), help="NMEA talker id")
     gps.add_argument(
-        "--speed", type=_positive, metavar="X", help="simulated seconds per wall second (1)"
+        "--speed", type=positive, metavar="X", help="simulated seconds per wall second (1)"
     )
-    gps.add_argument("--duration", type=_positive, metavar="SEC", help="stop after SEC simulated")
+    gps.add_argument("--duration", type=positive, metavar="SEC", help="stop after SEC simulated")
     gps.add_argument("--loop", action="store_true", help="repeat the route (needs --duration)")
 
     can_sim = sub.add_parser(
@@ -122,13 +123,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     imu.add_argument("--scenario", required=True, help="scenario file or bundled name")
     imu.add_argument("--out", default="-", help="file to write, - for stdout (default)")
-    imu.add_argument(
-        "--rate", type=_positive, metavar="HZ", help="samples per second (imu.rate_hz)"
-    )
+    imu.add_argument("--rate", type=positive, metavar="HZ", help="samples per second (imu.rate_hz)")
     imu.add_argument(
         "--seed", type=_seed, metavar="N", help="noise, bumps, random mount (imu.seed)"
     )
-    imu.add_argument("--duration", type=_positive, metavar="SEC", help="stop after SEC simulated")
+    imu.add_argument("--duration", type=positive, metavar="SEC", help="stop after SEC simulated")
     elm = sub.add_parser("elm327", help="ELM327 OBD-II adapter on a pty or over TCP")
     elm.add_argument("--scenario", required=True, help="scenario file or bundled name")
     where = elm.add_mutually_exclusive_group(required=True)
@@ -139,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
     elm.add_argument("--link", metavar="PATH", help="with --pty: keep this symlink on the pty")
     elm.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
     elm.add_argument(
-        "--speed", type=_positive, metavar="X", help="simulated seconds per wall second (1)"
+        "--speed", type=positive, metavar="X", help="simulated seconds per wall second (1)"
     )
     elm.add_argument(
         "--start-offset",
@@ -149,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         help="scenario second at which to start (default 0)",
     )
     elm.add_argument(
-        "--duration", type=_positive, metavar="SEC", help="stop after SEC simulated seconds"
+        "--duration", type=positive, metavar="SEC", help="stop after SEC simulated seconds"
     )
 
     zones = sub.add_parser("zones", help="print the scenario's geofence zones")
@@ -170,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
         "(detector defaults) or scripted shocks of 2.5 g and more",
     )
     truth.add_argument(
-        "--duration", type=_positive, metavar="SEC", help="period in simulated seconds"
+        "--duration", type=positive, metavar="SEC", help="period in simulated seconds"
     )
     truth.add_argument("--loop", action="store_true", help="repeat the route (needs --duration)")
     return parser
@@ -180,13 +179,6 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError("port must be 0..65535")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError("must be a positive number")
     return value
 
 

@@ -35,16 +35,9 @@ from agent.obd.pids import decode, supported_in
 from simulators.can_ecu import CanEcu
 from simulators.ecu import EcuModel, decode_dtc
 from simulators.scenario import Dtc, ObdFault, Scenario, load_scenario
+from tests.support.waiting import until
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
 
 
 @dataclass
@@ -368,12 +361,12 @@ def test_disconnect_fault_leaves_and_rejoins_the_bus(
     link = bench.link(p2_s=0.1)
     link.open()
     clock.t = moving_t + 20
-    wait_for(lambda: ecu.stats.disconnects == 1, "the ECU to leave the bus")
+    until(lambda: ecu.stats.disconnects == 1, "the ECU to leave the bus")
     with pytest.raises(ObdError) as err:
         link.request(0x01, 0x0C)
     assert err.value.kind == "no_data"
     clock.t = moving_t + 200
-    wait_for(lambda: ecu.stats.reconnects == 1, "the ECU to rejoin the bus")
+    until(lambda: ecu.stats.reconnects == 1, "the ECU to rejoin the bus")
     assert list(link.request(0x01, 0x0C)) == [0x7E8]
 
 
@@ -408,7 +401,7 @@ def test_busy_bus_is_ignored(bench: Bench, model: EcuModel, moving_t: float) -> 
     unfiltered = bench.link(set_filters=False)
     filtered.open()
     unfiltered.open()
-    wait_for(lambda: ecu.stats.background_frames > 2000, "background traffic", timeout=10)
+    until(lambda: ecu.stats.background_frames > 2000, "background traffic", timeout=10)
     state = model.state_at(moving_t)
     for _ in range(20):
         for link in (filtered, unfiltered):
@@ -548,7 +541,7 @@ def test_real_capture_traffic_on_the_bus_gives_no_false_reading(
     thread = threading.Thread(target=play, daemon=True)
     thread.start()
     try:
-        wait_for(lambda: played[0] > 300, "the capture to play")
+        until(lambda: played[0] > 300, "the capture to play")
         link = bench.link(extended_ids=extended)
         for _ in range(5):  # no ECU: nothing in the capture answers 01 00
             with pytest.raises(ObdError) as err:
@@ -564,7 +557,7 @@ def test_real_capture_traffic_on_the_bus_gives_no_false_reading(
             )
             assert link.request(0x09, 0x02) == {ecu.reply_id: b"\x49\x02\x01" + model.vin.encode()}
         assert link.stats.flow_controls == 10
-        wait_for(lambda: played[0] > len(frames), "the whole capture to go over the bus", 10)
+        until(lambda: played[0] > len(frames), "the whole capture to go over the bus", 10)
     finally:
         stop.set()
         thread.join(5)
@@ -583,7 +576,7 @@ def test_the_obd_reader_runs_on_the_can_link(
     thread = threading.Thread(target=reader.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        wait_for(
+        until(
             lambda: any(s.exchange.req == "010C" and s.exchange.replies for s in seen),
             "an RPM poll",
         )

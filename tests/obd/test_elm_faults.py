@@ -10,8 +10,7 @@ the window.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -21,6 +20,7 @@ from agent.obd.reader import ObdReader, Stamped
 from simulators.ecu import EcuModel
 from simulators.elm327 import Elm327, Elm327Device, PtyPort
 from simulators.scenario import parse_scenario
+from tests.support.waiting import until
 
 FAULTS = {
     # scenario fault kind -> the error kind the reader must count
@@ -42,14 +42,6 @@ def scenario_with_faults() -> str:
     for i, kind in enumerate(FAULTS):
         text += f'\n[[obd.faults]]\nat_s = {1000 + 100 * i}\nduration_s = 50\nkind = "{kind}"\n'
     return text
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 @dataclass
@@ -102,13 +94,17 @@ def rig(tmp_path: object) -> Iterator[Rig]:
 
 @pytest.mark.slow
 def test_each_fault_is_counted_and_survived(rig: Rig) -> None:
-    wait_for(lambda: rig.answered() >= 2, "first RPM answers")
+    until(lambda: rig.answered() >= 2, "first RPM answers", timeout=20.0)
     for i, (fault, kind) in enumerate(FAULTS.items()):
         rig.clock.t = 1000 + 100 * i + 1  # inside the fault's window
-        wait_for(lambda k=kind: rig.reader.status.errors[k] >= 1, f"{fault} counted as {kind}")
+        until(
+            lambda k=kind: rig.reader.status.errors[k] >= 1,
+            f"{fault} counted as {kind}",
+            timeout=20.0,
+        )
         rig.clock.t = 1000 + 100 * i + 60  # after it
         n = rig.answered()
-        wait_for(lambda n=n: rig.answered() > n + 1, f"answers again after {fault}")
+        until(lambda n=n: rig.answered() > n + 1, f"answers again after {fault}", timeout=20.0)
     status = rig.reader.status
     assert status.state == "connected"
     assert set(FAULTS.values()) <= set(status.errors)

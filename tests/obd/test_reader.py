@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,14 +16,7 @@ from agent.obd.reader import ObdReader, Stamped
 from simulators.can_ecu import CanEcu
 from simulators.ecu import EcuModel, supported_set
 from simulators.scenario import load_scenario
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
+from tests.support.waiting import until
 
 
 @dataclass
@@ -80,7 +72,7 @@ def rig() -> Iterator[Rig]:
 
 
 def test_discovers_then_polls_what_the_ecu_supports(rig: Rig) -> None:
-    wait_for(lambda: len(rig.requests("010C")) >= 3 and rig.requests("010D"), "RPM and speed polls")
+    until(lambda: len(rig.requests("010C")) >= 3 and rig.requests("010D"), "RPM and speed polls")
     st = rig.model.state_at(rig.clock.t)
     rpm = rig.requests("010C")[-1].exchange.replies
     assert rpm is not None
@@ -101,14 +93,14 @@ def test_discovers_then_polls_what_the_ecu_supports(rig: Rig) -> None:
 
 
 def test_ecu_gone_quiet_and_back(rig: Rig) -> None:
-    wait_for(lambda: rig.reader.status.state == "connected" and rig.requests("010C"), "connected")
+    until(lambda: rig.reader.status.state == "connected" and rig.requests("010C"), "connected")
     rig.ecu.stop()  # the ECU leaves the bus: requests go unanswered
-    wait_for(lambda: rig.reader.status.state == "quiet", "quiet state", timeout=20)
+    until(lambda: rig.reader.status.state == "quiet", "quiet state", timeout=20)
     assert any(s.exchange.link == "vehicle_off" for s in rig.seen)
     # Plugged back: a fresh ECU on the same bus.
     rig.ecu = CanEcu(rig.bus, rig.model, rig.clock)
     rig.ecu.start()
-    wait_for(lambda: rig.reader.status.state == "connected", "back to connected", timeout=20)
+    until(lambda: rig.reader.status.state == "connected", "back to connected", timeout=20)
     n = len(rig.requests("010C"))
-    wait_for(lambda: len(rig.requests("010C")) > n + 2, "polling again")
+    until(lambda: len(rig.requests("010C")) > n + 2, "polling again")
     assert rig.reader.status.errors["no_data"] >= 4

@@ -25,6 +25,7 @@ import pytest
 from simulators.can_ecu import CanEcu, background_fps, main_can
 from simulators.ecu import EcuModel
 from simulators.scenario import Dtc, ObdFault, Scenario, load_scenario
+from tests.support.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,14 +92,6 @@ def urban() -> Scenario:
 @pytest.fixture(scope="module")
 def model(urban: Scenario) -> EcuModel:
     return EcuModel(urban)
-
-
-def wait_for(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.002)
 
 
 def fault(kind: str, at_s: float, duration_s: float = 100.0, **extra: float) -> ObdFault:
@@ -189,7 +182,7 @@ def test_no_flow_control_gives_up_and_keeps_answering(tester: Bench, model: EcuM
     ecu = tester.ecu(model, SceneClock(0.0), fc_timeout_s=0.2)
     tester.send(0x7DF, single("0902"))
     assert len(tester.frames(0x7E8)) == 1  # the First Frame; we never answer it
-    wait_for(lambda: ecu.stats.send_failures == 1, "the ECU to give up the VIN")
+    until(lambda: ecu.stats.send_failures == 1, "the ECU to give up the VIN")
     tester.send(0x7DF, single("010D"))
     (frame,) = tester.frames(0x7E8)
     assert frame[1:3] == b"\x41\x0d"
@@ -269,9 +262,9 @@ def test_disconnect_leaves_the_bus_and_comes_back(tester: Bench, model: EcuModel
     )
     ecu.start()
     try:
-        wait_for(lambda: ecu.stats.background_frames > 10, "background traffic")
+        until(lambda: ecu.stats.background_frames > 10, "background traffic")
         clock.t = 35.0
-        wait_for(lambda: ecu.stats.disconnects == 1, "the disconnect")
+        until(lambda: ecu.stats.disconnects == 1, "the disconnect")
         with pytest.raises(can.CanOperationError):  # really off the bus, not just quiet
             buses[0].send(can.Message(arbitration_id=0x123, is_extended_id=False))
         sent = ecu.stats.background_frames
@@ -279,7 +272,7 @@ def test_disconnect_leaves_the_bus_and_comes_back(tester: Bench, model: EcuModel
         assert tester.frames(0x7E8, timeout=0.15) == []
         assert ecu.stats.background_frames == sent  # no traffic at all while unplugged
         clock.t = 45.0
-        wait_for(lambda: ecu.stats.reconnects == 1, "the reconnect")
+        until(lambda: ecu.stats.reconnects == 1, "the reconnect")
         tester.send(0x7DF, single("010D"))
         assert tester.frames(0x7E8)
         assert len(buses) == 2
@@ -292,7 +285,7 @@ def test_background_traffic_fills_the_bus(tester: Bench, model: EcuModel) -> Non
     assert fps == pytest.approx(1600)
     ecu = tester.ecu(model, SceneClock(0.0), background_fps=fps)
     began = time.monotonic()
-    wait_for(lambda: ecu.stats.background_frames >= 800, "half a second of traffic")
+    until(lambda: ecu.stats.background_frames >= 800, "half a second of traffic")
     rate = ecu.stats.background_frames / (time.monotonic() - began)
     assert 800 < rate < 2400
     ids = set()

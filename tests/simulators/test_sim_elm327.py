@@ -24,6 +24,7 @@ import obd
 import pytest
 import serial
 
+from simulators.broker import wait_for
 from simulators.ecu import EcuModel
 from simulators.elm327 import Elm327, Elm327Device, Output, PtyPort, TcpPort
 from simulators.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
@@ -259,14 +260,6 @@ def test_latencies() -> None:
 # --------------------------------------------------------------------------- devices
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        select.select([], [], [], 0.005)  # yield the CPU; the condition is what we wait on
-
-
 @contextmanager
 def serving(
     scenario: Scenario, port: PtyPort | TcpPort, clock: Callable[[], float]
@@ -339,13 +332,13 @@ def test_a_disconnect_unplugs_the_pty_and_it_comes_back(tmp_path: Path) -> None:
         conn = connect(str(link))
         assert conn.status() == obd.OBDStatus.CAR_CONNECTED
         now[0] = 1001.0
-        wait_for(lambda: not os.path.lexists(link), what="the symlink to go away")
+        wait_for(lambda: not os.path.lexists(link), 10.0, "the symlink to go away")
         assert conn.query(obd.commands.RPM).is_null()  # the port is gone under python-OBD
         assert conn.status() == obd.OBDStatus.NOT_CONNECTED
         conn.close()
         assert connect(str(link)).status() == obd.OBDStatus.NOT_CONNECTED  # nothing there
         now[0] = 1011.0
-        wait_for(lambda: os.path.lexists(link), what="the symlink to come back")
+        wait_for(lambda: os.path.lexists(link), 10.0, "the symlink to come back")
         assert os.readlink(link) == pty.path and pty.opened == 2
         again = connect(str(link))
         try:
@@ -377,9 +370,9 @@ def test_a_disconnect_closes_the_tcp_port_and_it_listens_again() -> None:
                 return True
             return False
 
-        wait_for(refused, what="the listener to close")
+        wait_for(refused, 10.0, "the listener to close")
         now[0] = 1011.0
-        wait_for(lambda: not refused(), what="the listener to come back")
+        wait_for(lambda: not refused(), 10.0, "the listener to come back")
         client = socket.create_connection(("127.0.0.1", number), timeout=5)
         with client:
             assert exchange(client, b"ATI\r") == b"ATI\rELM327 v1.5\r\r>"  # reset: echo on

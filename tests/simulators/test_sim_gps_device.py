@@ -17,7 +17,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
@@ -27,6 +27,7 @@ import pynmea2
 import pytest
 import serial
 
+from simulators.broker import wait_for
 from simulators.gps_device import GpsDevice, PtyOutlet, TcpOutlet
 from simulators.nmea_out import EncodedEpoch, iter_epochs
 from simulators.scenario import load_scenario, parse_scenario, with_gnss
@@ -44,14 +45,6 @@ waypoints = [
 [gnss]
 rate_hz = 2
 """
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        select.select([], [], [], 0.005)  # yield the CPU; the condition is what we wait on
 
 
 def start_cli(*args: str) -> subprocess.Popen[bytes]:
