@@ -103,6 +103,7 @@ class CalibrationConfig:
     max_intervals: int = 5000
     max_gravity: int = 30  # gravity measurements kept
     retain_s: float = 30.0  # IMU bins kept for intervals whose speed report is late
+    silent_imu_s: float = 120.0  # speed reports kept for an IMU this far behind, no longer
 
 
 @dataclass(frozen=True, slots=True)
@@ -825,7 +826,13 @@ class MountingCalibrator:
     def _prune(self) -> None:
         """Drop bins and reports nobody needs any more (bounded memory on long drives)."""
         cfg = self.config
-        horizon = self._last_imu_t - cfg.retain_s
+        # Speed reports keep coming when the IMU is silent (none fitted, or it
+        # died): what it has not covered within silent_imu_s never will be.
+        newest = self._mt[-1] if self._mt else -math.inf
+        imu_t = max(self._last_imu_t, newest - cfg.silent_imu_s)
+        if self._pending_iv and self._pending_iv[0][1] < imu_t - cfg.retain_s:
+            self._pending_iv = [iv for iv in self._pending_iv if iv[1] >= imu_t - cfg.retain_s]
+        horizon = imu_t - cfg.retain_s
         if self._queue:
             horizon = min(horizon, self._queue[0] * cfg.bin_s)
         for iv in self._pending_iv:

@@ -348,3 +348,12 @@ def test_a_tilted_first_stop_is_re_estimated_not_reported_as_moved() -> None:
     up = cal.up
     assert up is not None and up == pytest.approx([0, 0, 1], abs=0.01)
     assert cal.status()["moved_count"] == 0
+
+
+def test_memory_stays_bounded_when_no_imu_sample_ever_comes() -> None:
+    """A van without an IMU still feeds speeds: 8 hours of them must not pile up."""
+    cal = MountingCalibrator()
+    for i in range(8 * 3600):
+        cal.feed_motion(float(i), 10.0 + (i % 7), course_deg=float(i % 360))
+    assert len(cal._pending_iv) < 200
+    assert len(cal._mt) < 1000
