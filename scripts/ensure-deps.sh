@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what the agent, the demo and the tests need on a Debian/Raspberry Pi OS
-# machine, only where it is missing: mosquitto, gpsd + gpsfake, a virtualenv in
-# .venv with the project and its dev tools. Idempotent and quiet when all is there.
+# machine, only where it is missing: mosquitto, gpsd + gpsfake, PostgreSQL's server
+# binaries (the bridge's tests start their own server), Chromium (the live view's
+# browser test), a virtualenv in .venv with the project and its dev tools.
+# Idempotent and quiet when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +14,10 @@ if [ "${TELEMATICS_WITH_GPSD:-1}" = 1 ]; then
   command -v gpsfake >/dev/null 2>&1 || need+=(gpsd-clients)
 fi
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${TELEMATICS_WITH_BRIDGE_SERVERS:-1}" = 1 ]; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from simulators.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("TELEMATICS_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -24,6 +28,27 @@ def shared_data() -> Path:
             pytest.fail(f"real captures required but {SHARED_DATA} is missing")
         pytest.skip(f"real captures not found at {SHARED_DATA} (set TELEMATICS_SHARED_DATA)")
     return SHARED_DATA
+
+
+_pg_names = itertools.count(1)
+
+
+# PostgreSQL is started by the tests themselves (initdb into a temporary
+# directory, a free port), once per session; each test gets a fresh database
+# in it.  scripts/ensure-deps.sh installs the server binaries.
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path_factory.mktemp("pg")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return pg_server.create_database(f"t{next(_pg_names)}")
 
 
 _FIGURES: list[str] = []
