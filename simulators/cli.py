@@ -9,6 +9,7 @@
     telematics-sim imu --scenario S [--out FILE|-] [--rate HZ] [--seed N] [--duration SEC]
     telematics-sim zones --scenario S [--format geojson|zoneset|toml]
     telematics-sim truth --scenario S [--kind zones|idle|engine|harsh|impacts] [--duration SEC] [--loop]
+    telematics-sim fleet --port P [--host H] --devices N [--speedup X] [--minutes M] [--workdir DIR]
 
 Scripts read the first stdout line (the pty path, or the TCP port) and then
 talk to the device; the one-line summary goes to stderr at the end.  Exit
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulators.stack import main as demo_main
 
         return demo_main(argv[1:])
+    if argv[:1] == ["fleet"]:
+        from simulators.fleet import main as fleet_main
+
+        return fleet_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
