@@ -69,8 +69,8 @@ class PositionData(_Model):
     mode: Literal[2, 3] = Field(description="2 = 2D fix, 3 = 3D fix")
     sats: Annotated[int, Field(ge=0, le=255)] | None = None
     hdop: Annotated[float, Field(ge=0)] | None = None
-    reason: Literal["first", "periodic", "heading", "distance", "heartbeat", "fix"] = Field(
-        description="why the sampler emitted this point"
+    reason: Literal["first", "periodic", "heading", "distance", "heartbeat", "fix", "requested"] = (
+        Field(description="why the sampler emitted this point")
     )
 
 
@@ -166,16 +166,40 @@ class DesiredConfig(_Model):
     )
 
 
+CommandId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class Command(_Model):
+    """Published on ``cmd`` (cloud -> device, QoS 1, not retained): do one thing now.
+
+    The device answers every command it receives on ``cmd/result`` with the
+    same ``id``: done, refused (unknown name, bad arguments) or expired.
+    """
+
+    v: Literal[1] = SCHEMA_VERSION
+    id: CommandId = Field(description="chosen by the cloud; echoed in the result")
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = Field(
+        description="what to do (docs/PROTOCOL.md lists the names a device knows)"
+    )
+    args: dict[str, Any] = Field(default_factory=dict)
+    expires: UtcTime | None = Field(
+        None, description="a command still queued after this is answered `expired`, not run"
+    )
+
+
 class CommandResult(_Model):
     """Published on ``cmd/result`` (device -> cloud): the outcome of a config or command."""
 
     v: Literal[1] = SCHEMA_VERSION
     device: DeviceId
     ts: UtcTime | None = None
-    kind: Literal["config"]
-    version: int
-    status: Literal["applied", "unchanged", "rejected"]
+    kind: Literal["config", "command"]
+    id: CommandId | None = Field(None, description="the command's id (kind `command`)")
+    name: str | None = Field(None, description="the command's name (kind `command`)")
+    version: int | None = Field(None, description="the config version answered (kind `config`)")
+    status: Literal["applied", "unchanged", "rejected", "done", "expired"]
     reason: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict, description="what a command returns")
     running_version: int = Field(description="the config version the device now runs")
 
 
@@ -233,12 +257,14 @@ def json_schema() -> dict[str, Any]:
             "Batch": Batch.model_json_schema(mode="serialization"),
             "Status": Status.model_json_schema(mode="serialization"),
             "DesiredConfig": DesiredConfig.model_json_schema(mode="serialization"),
+            "Command": Command.model_json_schema(mode="serialization"),
             "CommandResult": CommandResult.model_json_schema(mode="serialization"),
         },
         "oneOf": [
             {"$ref": "#/$defs/Batch"},
             {"$ref": "#/$defs/Status"},
             {"$ref": "#/$defs/DesiredConfig"},
+            {"$ref": "#/$defs/Command"},
             {"$ref": "#/$defs/CommandResult"},
         ],
     }

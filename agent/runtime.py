@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from agent import __version__
 from agent.buffer.outbox import Outbox
 from agent.clock import Clock
+from agent.commands import Answer, accept
 from agent.config import AgentConfig, GpsConfig
 from agent.geofence.model import ZoneSet, load_zone_file
 from agent.gps.fix import Fix
@@ -36,8 +37,10 @@ from agent.imu.sample import ImuSample
 from agent.imu.source_base import ImuSource
 from agent.imu.sources import open_imu_source
 from agent.messages import (
+    Command,
     CommandResult,
     EventData,
+    PositionData,
     Status,
     Stream,
     record_body,
@@ -90,6 +93,7 @@ class Agent:
         )
         self.zones = self._initial_zones()
         self.config_gate = ConfigGate()
+        self._last_fix: Fix | None = None  # for request_position
         self.obd: ObdService | None = None
         processor = None
         if cfg.obd.source != "none" or obd_link is not None:
@@ -238,9 +242,12 @@ class Agent:
             log.error("OBD log %s: %s; recording stopped", path, exc)
 
     def handle_downlink(self, name: str, payload: bytes) -> None:
-        """A retained ``config`` (or a ``cmd``) from the cloud: apply or refuse, answer."""
+        """A retained ``config`` or a ``cmd`` from the cloud: apply or refuse, answer."""
+        if name == "cmd":
+            self._command(payload)
+            return
         if name != "config":
-            return  # commands arrive with a later issue
+            return
         decision = self.config_gate.decide(payload, self.zones)
         if decision is None:
             return
@@ -262,6 +269,64 @@ class Agent:
                     "config version %d applied: %d zones", self.zones.version, len(self.zones.zones)
                 )
         self._config_result(decision)
+
+    def _command(self, payload: bytes) -> None:
+        """Run one command and answer it, whatever happens."""
+        got = accept(payload, self.clock.now())
+        answer = got if isinstance(got, Answer) else self._run_command(got)
+        if answer.status != "done":
+            log.warning("command %s %s: %s", answer.name, answer.status, answer.reason)
+        fields: dict[str, Any] = {
+            "device": self.cfg.device.id,
+            "ts": self.clock.now(),
+            "kind": "command",
+            "id": answer.id,
+            "name": answer.name,
+            "status": answer.status,
+            "reason": answer.reason,
+            "data": answer.data,
+            "running_version": self.zones.version,
+        }
+        try:
+            result = CommandResult.model_validate(fields)
+        except ValidationError:  # an id we cannot echo: answer without it
+            result = CommandResult.model_validate(fields | {"id": None})
+        self.uplink.publish_result(result.model_dump_json(exclude_none=True))
+
+    def _run_command(self, cmd: Command) -> Answer:
+        if cmd.name == "request_position":
+            fix = self._last_fix
+            if fix is None or fix.time is None or fix.lat is None or fix.lon is None:
+                return Answer("rejected", cmd.id, cmd.name, "no GNSS fix yet")
+            record = PositionData(
+                ts=fix.time,
+                lat=round(fix.lat, 7),
+                lon=round(fix.lon, 7),
+                alt=fix.alt_msl,
+                speed=fix.speed,
+                course=fix.course,
+                mode=3 if fix.mode >= 3 else 2,
+                sats=fix.sats_used,
+                hdop=fix.hdop,
+                reason="requested",
+            )
+            seq = self.outbox.add("telemetry", record_body(record), priority=True)
+            if self.outbox.commit():
+                self.uplink.wake()
+            age = self._mono() - fix.mono
+            return Answer(
+                "done",
+                cmd.id,
+                cmd.name,
+                data={
+                    "seq": seq,
+                    "ts": record.ts.isoformat().replace("+00:00", "Z"),
+                    "lat": record.lat,
+                    "lon": record.lon,
+                    "age_s": round(age, 1),
+                },
+            )
+        raise AssertionError(f"accept() let through {cmd.name!r}")  # KNOWN and this agree
 
     def _config_result(self, decision: Decision) -> None:
         """Answer on cmd/result; record applied and (first-time) refused configs."""
@@ -376,6 +441,7 @@ class Agent:
     def handle_fix(self, fix: Fix) -> None:
         if fix.has_position and fix.time is not None:
             self.clock.observe_gnss(fix.time, fix.mono)
+            self._last_fix = fix
         self._release_untimed()
         for stream, record in self.pipeline.feed_fix(fix):
             self._emit(stream, record, urgent=stream == "events")

@@ -5,31 +5,50 @@ schema (agent.messages, the same classes the agent builds with), and that
 the device in the payload is the device in the topic.  A bad payload is
 counted and logged with its reason and never stops the bridge.
 
-Delivery: a persistent session (fixed client id, clean session off, QoS 1)
-so that messages published while the bridge is down wait at the broker; paho
-acknowledges a message only after ``on_message`` returns, so a record is in
-the database before the broker forgets it.
+Delivery: a persistent session (fixed client id; MQTT 5 with a session
+expiry, or 3.1.1 with clean session off; QoS 1) so that messages published
+while the bridge is down wait at the broker; paho acknowledges a message only
+after ``on_message`` returns, so a record is in the database before the
+broker forgets it.
+
+Scale-out: with ``share_group`` set, N bridge processes (each its own client
+id) subscribe to ``$share/{group}/fleet/+/telemetry`` and so on, and the
+broker hands each message to one of them (MQTT 5 shared subscriptions;
+mosquitto, EMQX, HiveMQ and VerneMQ all do this).  A message redelivered to
+another worker after a crash is dropped by the database's unique key.
+Retained ``status`` is not shared (a broker never sends retained messages to
+a shared subscription), so every worker reads it; the write keeps the newest.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
-from agent.messages import MAX_PAYLOAD_BYTES, Batch, Event, Status, validation_reason
-from cloud_bridge.storage import BridgeStore
+from agent.messages import (
+    MAX_PAYLOAD_BYTES,
+    Batch,
+    CommandResult,
+    Event,
+    Status,
+    topic,
+    validation_reason,
+)
+from cloud_bridge.storage import BridgeStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +71,9 @@ class BridgeSettings:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    share_group: str | None = None  # e.g. "bridge": N workers split the stream
+    session_expiry_s: int = 7 * 86400  # MQTT 5: how long the broker queues for us
 
 
 class Bridge:
@@ -64,6 +86,8 @@ class Bridge:
         self._lock = threading.Lock()
         self.connected = threading.Event()
         self.fatal: str | None = None  # storage failed: the process must exit
+        self.on_new_events: Callable[[int], None] | None = None  # e.g. wake the webhooks
+        self._client: mqtt.Client | None = None
 
     def handle(self, topic: str, payload: bytes, received_at: float | None = None) -> None:
         """Validate and store one message; count what happened to it."""
@@ -78,7 +102,7 @@ class Bridge:
                         "rejected message on %r: %s: %s", topic[:120], rej.reason, rej.detail
                     )
                     self.store.store_reject(topic, rej.reason, rej.detail, len(payload), now)
-            except sqlite3.Error as exc:
+            except StorageError as exc:
                 # Returning would let paho acknowledge a message we did not
                 # store. Raise instead (no PUBACK) and let the process exit;
                 # the broker keeps the message for our persistent session.
@@ -90,9 +114,21 @@ class Bridge:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise Rejected("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
         parts = topic.split("/")
+        if len(parts) == 4 and parts[3] == "result" and parts[2] == "cmd":
+            parts = [parts[0], parts[1], "cmd/result"]
         if len(parts) != 3 or parts[0] != self.settings.prefix:
             raise Rejected("foreign_topic", topic)
         _, device, name = parts
+        if name == "cmd/result":
+            answer = _validate(CommandResult, payload)
+            if answer.device != device:
+                raise Rejected("device_mismatch", f"topic {device!r}, payload {answer.device!r}")
+            if self.store.store_result(answer, now):
+                self.counts["results"] += 1
+            else:
+                # e.g. a config retained by another tool: the running version is kept.
+                self.counts["results_unmatched"] += 1
+            return
         if name == "status":
             if not payload:
                 return  # a retained status being cleared
@@ -114,16 +150,19 @@ class Bridge:
         self.counts["stored"] += result.stored
         self.counts["duplicates"] += result.duplicates
         self.counts["batches"] += 1
+        if result.new_events and self.on_new_events is not None:
+            self.on_new_events(len(result.new_events))
 
     # -- MQTT -----------------------------------------------------------------
 
     def make_client(self) -> mqtt.Client:
         s = self.settings
+        v5 = s.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            clean_session=None if v5 else False,
         )
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -139,7 +178,28 @@ class Bridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        self._client = client
         return client
+
+    def connect(self, client: mqtt.Client) -> None:
+        """Start connecting (the network thread retries); a persistent session either way."""
+        s = self.settings
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = s.session_expiry_s
+            client.connect_async(s.host, s.port, keepalive=30, clean_start=False, properties=props)
+        else:
+            client.connect_async(s.host, s.port, keepalive=30)
+
+    def publish_downlink(self, device: str, name: str, payload: str, retain: bool) -> None:
+        """Send ``config`` or ``cmd`` to a device (QoS 1; paho queues it while offline)."""
+        if self._client is None:
+            raise RuntimeError("no MQTT client: make_client() first")
+        info = self._client.publish(
+            topic(self.settings.prefix, device, name), payload, qos=1, retain=retain
+        )
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise RuntimeError(f"publish to {device}/{name} failed: {mqtt.error_string(info.rc)}")
 
     def _on_connect(
         self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
@@ -148,7 +208,15 @@ class Bridge:
             log.error("broker refused the bridge: %s", reason)
             return
         p = self.settings.prefix
-        client.subscribe([(f"{p}/+/telemetry", 1), (f"{p}/+/events", 1), (f"{p}/+/status", 1)])
+        share = f"$share/{self.settings.share_group}/" if self.settings.share_group else ""
+        client.subscribe(
+            [
+                (f"{share}{p}/+/telemetry", 1),
+                (f"{share}{p}/+/events", 1),
+                (f"{share}{p}/+/cmd/result", 1),
+                (f"{p}/+/status", 1),
+            ]
+        )
         log.info("bridge connected to %s:%d", self.settings.host, self.settings.port)
         self.connected.set()
 
@@ -162,7 +230,7 @@ class Bridge:
         self.handle(msg.topic, bytes(msg.payload))
 
 
-M = TypeVar("M", Batch, Status)
+M = TypeVar("M", Batch, Status, CommandResult)
 
 
 def _validate(model: type[M], payload: bytes) -> M:

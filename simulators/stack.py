@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from simulators.broker import Mosquitto, wait_for
+from simulators.broker import Mosquitto, free_port, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -80,6 +80,49 @@ class Proc:
         return code
 
 
+def bridge_worker(
+    db: str,
+    broker_port: int,
+    log: Path,
+    *,
+    client_id: str,
+    share_group: str | None = None,
+    http_port: int | None = None,
+    extra: tuple[str, ...] = (),
+    timeout: float = 30.0,
+) -> Proc:
+    """One ``telematics-bridge run`` process, returned once it is subscribed.
+
+    A QoS 1 publish with no subscriber is acknowledged and dropped, so
+    devices start only after this returns.
+    """
+    args = [
+        command("telematics-bridge"),
+        "run",
+        "--db",
+        db,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(broker_port),
+        "--client-id",
+        client_id,
+        *(["--share-group", share_group] if share_group else []),
+        *(["--http", f"127.0.0.1:{http_port}"] if http_port else []),
+        *extra,
+    ]
+    seen = log.stat().st_size if log.exists() else 0  # a restart appends to the same log
+    proc = Proc(args, log)
+    wait_for(
+        lambda: b"bridge connected" in log.read_bytes()[seen:] or not proc.alive(),
+        timeout,
+        f"bridge {client_id} subscribed",
+    )
+    if not proc.alive():
+        raise RuntimeError(f"bridge {client_id} exited: see {log}")
+    return proc
+
+
 class Stack:
     """Broker, bridge, GPS simulator and agent in ``workdir``; start/stop each."""
 
@@ -95,6 +138,9 @@ class Stack:
         obd: bool = False,
         agent_extra: str = "",
         status_interval_s: float | None = None,
+        bridge_db: str | None = None,
+        http: bool = False,
+        bridge_extra: tuple[str, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.scenario = scenario
@@ -105,6 +151,11 @@ class Stack:
         workdir.mkdir(parents=True, exist_ok=True)
         self.broker = Mosquitto(workdir / "broker")
         self.bridge_db = workdir / "bridge.sqlite"
+        # A postgresql:// URL puts the bridge on PostgreSQL (the SQLite helpers
+        # below then see nothing: query through BridgeStore(stack.bridge_url)).
+        self.bridge_url = bridge_db or str(self.bridge_db)
+        self.http_port = free_port() if http else None
+        self.bridge_extra = bridge_extra
         self.outbox_db = workdir / "outbox.sqlite"
         self.agent_config = workdir / "agent.toml"
         self.bridge: Proc | None = None
@@ -125,25 +176,14 @@ class Stack:
         self.broker.start()
 
     def start_bridge(self) -> None:
-        self.bridge = Proc(
-            [
-                command("telematics-bridge"),
-                "run",
-                "--db",
-                str(self.bridge_db),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.broker.port),
-                "--client-id",
-                f"bridge-{self.workdir.name}",
-            ],
+        self.bridge = bridge_worker(
+            self.bridge_url,
+            self.broker.port,
             self.workdir / "bridge.log",
+            client_id=f"bridge-{self.workdir.name}",
+            http_port=self.http_port,
+            extra=self.bridge_extra,
         )
-        # A QoS 1 publish with no subscriber is acknowledged and dropped, so
-        # the agent starts only once the bridge's session is subscribed.
-        log = self.workdir / "bridge.log"
-        wait_for(lambda: "bridge connected" in log.read_text(), 30, "bridge subscribed")
 
     def start_sim(self) -> None:
         args = [
@@ -267,7 +307,11 @@ class Stack:
             (str(s), int(q))
             for s, q in self._query(
                 self.bridge_db,
-                f"SELECT stream, seq FROM records WHERE device = '{self.device}' ORDER BY rowid",
+                "SELECT stream, seq FROM ("
+                "SELECT 'telemetry' AS stream, seq, received_at, device FROM positions "
+                "UNION ALL SELECT 'telemetry', seq, received_at, device FROM obd "
+                "UNION ALL SELECT 'events', seq, received_at, device FROM events"
+                f") WHERE device = '{self.device}' ORDER BY received_at, seq",
             )
         ]
 
@@ -293,14 +337,16 @@ class Stack:
     def summary(self) -> dict[str, Any]:
         rows = self._query(
             self.bridge_db,
-            "SELECT kind, COUNT(*), MIN(ts), MAX(ts) FROM records "
-            f"WHERE device = '{self.device}' GROUP BY kind",
+            "SELECT kind, COUNT(*), MIN(ts), MAX(ts) FROM ("
+            "SELECT 'position' AS kind, ts, device FROM positions "
+            "UNION ALL SELECT 'obd', ts, device FROM obd "
+            "UNION ALL SELECT 'event', ts, device FROM events"
+            f") WHERE device = '{self.device}' GROUP BY kind",
         )
         seqs = sorted(q for _, q in self.bridge_seqs())
         events = self._query(
             self.bridge_db,
-            f"SELECT type, COUNT(*) FROM records WHERE device = '{self.device}' "
-            "AND kind = 'event' GROUP BY type",
+            f"SELECT type, COUNT(*) FROM events WHERE device = '{self.device}' GROUP BY type",
         )
         rejects = self._query(
             self.bridge_db, "SELECT reason, COUNT(*) FROM rejects GROUP BY reason"

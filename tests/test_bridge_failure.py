@@ -63,7 +63,7 @@ def test_storage_failure_exits_and_the_message_is_redelivered(tmp_path: Path) ->
         def stored() -> list[tuple[int]]:
             con = sqlite3.connect(db)
             try:
-                return con.execute("SELECT seq FROM records WHERE device = 'van-9'").fetchall()
+                return con.execute("SELECT seq FROM positions WHERE device = 'van-9'").fetchall()
             finally:
                 con.close()
 

@@ -38,9 +38,9 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def bridge(tmp_path: Path, broker: Mosquitto) -> Iterator[Bridge]:
     store = BridgeStore(tmp_path / "bridge.sqlite")
-    br = Bridge(store, BridgeSettings(port=broker.port, client_id="bridge-test"))
+    br = Bridge(store, BridgeSettings(host="127.0.0.1", port=broker.port, client_id="bridge-test"))
     client = br.make_client()
-    client.connect_async("127.0.0.1", broker.port)
+    br.connect(client)  # a persistent session, as `telematics-bridge run` has
     client.loop_start()
     wait_for(br.connected.is_set, 10, "bridge connected")
     yield br

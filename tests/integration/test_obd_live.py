@@ -77,9 +77,9 @@ def link_events(log: Path) -> list[dict[str, Any]]:
 def bridge_events(stack: Stack, kind: str) -> list[dict[str, Any]]:
     rows = stack._query(
         stack.bridge_db,
-        f"SELECT body FROM records WHERE device = '{stack.device}' AND type = '{kind}' ORDER BY seq",
+        f"SELECT data FROM events WHERE device = '{stack.device}' AND type = '{kind}' ORDER BY seq",
     )
-    return [json.loads(r[0]) for r in rows]
+    return [{"type": kind, "data": json.loads(r[0])} for r in rows]
 
 
 def test_unplug_and_replug_reconnects_within_5_s(stack: Stack, figures: list[str]) -> None:
@@ -110,8 +110,8 @@ def test_unplug_and_replug_reconnects_within_5_s(stack: Stack, figures: list[str
     dtc = [(e["data"]["code"], e["data"]["status"]) for e in bridge_events(stack, "dtc")]
     assert dtc == [("P0420", "active"), ("P0420", "cleared")]
     snapshots = [
-        json.loads(r[0])
-        for r in stack._query(stack.bridge_db, "SELECT body FROM records WHERE kind = 'obd'")
+        {"signals": json.loads(r[0])}
+        for r in stack._query(stack.bridge_db, "SELECT signals FROM obd ORDER BY seq")
     ]
     assert snapshots and all("Vehicle.Speed" in s["signals"] for s in snapshots[:2])
 
@@ -123,12 +123,14 @@ def test_unplug_and_replug_reconnects_within_5_s(stack: Stack, figures: list[str
     )
     positions = [
         datetime.fromisoformat(r[0])
-        for r in stack._query(stack.bridge_db, "SELECT ts FROM records WHERE kind = 'position'")
+        for r in stack._query(stack.bridge_db, "SELECT ts FROM positions")
     ]
     assert sum(lo <= p <= hi for p in positions) >= UNPLUG_FOR_S - 2
 
     # Status shows the gap.
-    rows = stack._query(stack.bridge_db, f"SELECT body FROM status WHERE device = '{stack.device}'")
+    rows = stack._query(
+        stack.bridge_db, f"SELECT status FROM devices WHERE device = '{stack.device}'"
+    )
     health = json.loads(rows[-1][0])["health"]["obd"]
     assert health["reconnects"] >= 1
     assert health["gaps_s"] and UNPLUG_FOR_S - 1 <= health["gaps_s"][0] <= UNPLUG_FOR_S + 6
