@@ -40,9 +40,11 @@ from agent.config import AgentConfig
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix, FixMode
 from agent.messages import EventData, Status, Stream, record_body
+from agent.obd.state import EngineSample, EngineState
 from agent.pipeline import ImuClock, Output, Pipeline, geofence_detector
 from agent.uplink import Uplink
 from simulators.args import positive
+from simulators.ecu import engine_schedule
 from simulators.nmea_out import gnss_epoch
 from simulators.route import Drive, build_drive, offset_m, state_at
 from simulators.scenario import Gnss, Scenario, load_scenario
@@ -179,9 +181,18 @@ class FleetResult:
 class _Van:
     """The agent's data path for one device, wired as agent.runtime wires it."""
 
-    def __init__(self, cfg: AgentConfig, v: Variant, start_utc: datetime) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        v: Variant,
+        start_utc: datetime,
+        engine: tuple[list[tuple[float, float]], float] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.variant = v
+        # (running intervals in scenario seconds, lap length): the OBD adapter's
+        # engine state, so idles and engine-off trip ends happen as on a real van.
+        self.engine = engine
         self.outbox = Outbox(
             cfg.buffer.path, cfg.device.id, commit_interval_s=cfg.buffer.commit_interval_s
         )
@@ -254,7 +265,15 @@ class _Van:
 
     def feed(self, fix: Fix, live: bool) -> None:
         self.fixes += 1
-        outputs: list[Output] = self.pipeline.feed_fix(fix)
+        outputs: list[Output] = []
+        if self.engine is not None and fix.time is not None:
+            intervals, lap_s = self.engine
+            s = (self.variant.phase_s + fix.mono) % lap_s
+            running = any(a <= s < b for a, b in intervals)
+            state = EngineState.RUNNING if running else EngineState.OFF
+            sample = EngineSample(fix.time, fix.mono, state, rpm=780.0 if running else 0.0)
+            outputs.extend(self.pipeline.feed_engine(sample))
+        outputs.extend(self.pipeline.feed_fix(fix))
         for stream, record in outputs:
             self.emit(stream, record, urgent=live and stream == "events")
         if not live and self.fixes % 5000 == 0:
@@ -355,6 +374,7 @@ async def run_fleet_async(
     start_utc: datetime | None = None,
     connect_timeout: float = 30.0,
     mqtt: Mapping[str, Any] | None = None,
+    engine: bool = True,
 ) -> FleetResult:
     """Drive ``devices`` vans and publish until every outbox is empty (or the timeout).
 
@@ -366,6 +386,8 @@ async def run_fleet_async(
     van's uplink joins its paho thread in the loop's default executor when it
     stops: on a loop of your own, give that executor a thread per van (as
     :func:`run_fleet` does) or stopping a large fleet takes seconds.
+    ``engine`` gives each van the scenario's engine state as its OBD adapter
+    would (idles at drops, engine off at the depot); off: GPS-only vans.
     """
     scen = load_scenario(scenario)
     drive = build_drive(scen, loop=True)
@@ -376,6 +398,7 @@ async def run_fleet_async(
     steps = math.floor(duration_s * rate + 1e-9) + 1
     if max_fixes is not None:
         steps = min(steps, max_fixes)
+    schedule = (engine_schedule(scen, drive), lap_s) if engine else None
     vans: list[_Van] = []
     tasks: list[asyncio.Task[None]] = []
     result = FleetResult([], start)
@@ -383,7 +406,7 @@ async def run_fleet_async(
         for number in range(first_number, first_number + devices):
             device = id_format.format(number)
             cfg = _config(device, workdir, host, port, prefix, mqtt or {})
-            vans.append(_Van(cfg, Variant.of(number, lap_s), start))
+            vans.append(_Van(cfg, Variant.of(number, lap_s), start, schedule))
         fixes = [variant_fixes(scen, drive, van.variant, start, steps) for van in vans]
         began = time.monotonic()
         if speedup is None:

@@ -411,9 +411,10 @@
     L.control.scale({ imperial: false, maxWidth: 140 }).addTo(map);
 
     map.createPane("graticule").style.zIndex = 250;
-    // Replay markers sit above the vehicles' labels (tooltip pane, 650) so none hides under one.
+    // Replay markers sit above the vehicles' labels (tooltip pane, 650) and above the
+    // moving cursor, so an event at the trip's start is never hidden under it.
+    map.createPane("cursor").style.zIndex = 655;
     map.createPane("replayEvents").style.zIndex = 660;
-    map.createPane("cursor").style.zIndex = 670;
 
     if (url) {
       L.tileLayer(url, { attribution: state.config.attribution || "", maxZoom: 19 }).addTo(map);
@@ -927,6 +928,25 @@
     return { t, lat: a.lat + (b.lat - a.lat) * f, lon: a.lon + (b.lon - a.lon) * f, speed };
   }
 
+  // One marker per idle: idle_start, excessive_idle and idle_end of the same idle share
+  // data.start; the most complete one stands for it (idle_end carries the duration).
+  const IDLE_RANK = { idle_start: 0, excessive_idle: 1, idle_end: 2 };
+
+  function idleEpisodes(events) {
+    const best = new Map();
+    const out = [];
+    for (const ev of events) {
+      if (!IDLE_TYPES.has(ev.type)) {
+        out.push(ev);
+        continue;
+      }
+      const key = (ev.data && typeof ev.data.start === "string" && ev.data.start) || ev.ts;
+      const had = best.get(key);
+      if (!had || IDLE_RANK[ev.type] > IDLE_RANK[had.type]) best.set(key, ev);
+    }
+    return out.concat([...best.values()]);
+  }
+
   function eventMarker(ev, latlng, kind) {
     const icon = L.divIcon({
       className: "",
@@ -969,9 +989,11 @@
         .addTo(layer);
     }
 
-    const events = (Array.isArray(data.events) ? data.events : [])
-      .filter((ev) => ev && (HARSH_TYPES.has(ev.type) || IDLE_TYPES.has(ev.type)))
-      .sort((a, b) => (parseTs(a.ts) ?? 0) - (parseTs(b.ts) ?? 0));
+    const events = idleEpisodes(
+      (Array.isArray(data.events) ? data.events : []).filter(
+        (ev) => ev && (HARSH_TYPES.has(ev.type) || IDLE_TYPES.has(ev.type)),
+      ),
+    ).sort((a, b) => (parseTs(a.ts) ?? 0) - (parseTs(b.ts) ?? 0));
     const marked = [];
     let harsh = 0;
     let idle = 0;
