@@ -479,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--now", action="store_true", help="stamp the drive from now, not its date")
     ap.add_argument("--timeout", type=positive, default=120.0, help="seconds to deliver")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--gps-only", action="store_true", help="no engine state (no OBD adapter)")
     args = ap.parse_args(argv)
     if args.devices < 1:
         ap.error("--devices must be at least 1")
@@ -497,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
             minutes=args.minutes,
             start_utc=start,
             until_delivered_timeout=args.timeout,
+            engine=not args.gps_only,
         )
     except (ConnectionError, OSError, ValueError, OutboxError) as exc:
         print(f"telematics-sim fleet: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ and the bridge stores them in SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -370,16 +371,43 @@ def run_demo(
     scenario: str,
     speed: float,
     duration_s: float | None,
+    fleet: int = 0,
+    keep: bool = False,
     out: Callable[[str], None] = print,
 ) -> int:
-    """The README's main job: drive, deliver, summarise."""
-    stack = Stack(workdir, scenario=scenario, speed=speed, duration_s=duration_s)
+    """The README's main job: drive, deliver, summarise; the live view meanwhile."""
+    import threading
+    from datetime import UTC, datetime
+
+    from cloud_bridge.storage import BridgeStore
+
+    stack = Stack(workdir, scenario=scenario, speed=speed, duration_s=duration_s, http=True)
     out(f"workdir {workdir}")
+    fleet_thread: threading.Thread | None = None
     try:
-        stack.start()
+        stack.start_broker()
+        stack.start_bridge()
+        store = BridgeStore(stack.bridge_url)
+        token = store.add_token("demo", datetime.now(UTC))
+        store.close()
+        base = f"http://127.0.0.1:{stack.http_port}"
+        out(f"live view: {base}/#token={token}")
+        out(f"API:       curl -H 'Authorization: Bearer {token}' {base}/api/v1/devices")
+        if fleet:
+            from simulators.fleet import run_fleet
+
+            fleet_thread = threading.Thread(
+                target=run_fleet,
+                args=("127.0.0.1", stack.broker.port, fleet, workdir / "fleet"),
+                kwargs={"scenario": scenario, "speedup": speed, "until_delivered_timeout": 60},
+                daemon=True,
+            )
+            fleet_thread.start()
+        stack.start_sim()
+        stack.start_agent()
         out(
             f"broker 127.0.0.1:{stack.broker.port}, simulator on {stack.pty} at {speed:g}x, "
-            "agent and bridge running; driving..."
+            f"agent and bridge running{f', {fleet} more vans' if fleet else ''}; driving..."
         )
         assert stack.sim is not None
         started = time.monotonic()
@@ -390,6 +418,14 @@ def run_demo(
                 f"records, bridge holds {len(stack.bridge_seqs())}"
             )
         stack.wait_delivered(60)
+        if fleet_thread is not None:
+            fleet_thread.join(120)
+        report = _api_report(base, token, stack.device)
+        if keep:
+            out(f"\n{report}\nstill serving {base}/#token={token}; Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                while stack.bridge is not None and stack.bridge.alive():
+                    time.sleep(1)
     finally:
         stack.stop()
     s = stack.summary()
@@ -402,10 +438,33 @@ def run_demo(
     )
     if s["events"]:
         out("Events: " + ", ".join(f"{n} x {kind}" for kind, n in sorted(s["events"].items())))
+    out(report)
     out(json.dumps(s, indent=2))
     out(f"logs: {workdir}/agent.log, bridge.log, sim.log; bridge database {stack.bridge_db}")
     out(f"try: telematics-bridge query --db {stack.bridge_db} --device {stack.device} | head")
+    out(
+        f"     telematics-bridge run --db {stack.bridge_db} --port 1 --http 127.0.0.1:8080 "
+        "(then the live view above on port 8080; no broker needed to browse)"
+    )
     return 0
+
+
+def _api_report(base: str, token: str, device: str) -> str:
+    """What a fleet backend would read from the HTTP API about the demo van."""
+    import httpx
+
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as api:
+        trips = api.get(f"/api/v1/devices/{device}/trips").json()["trips"]
+        first = api.get(f"/api/v1/devices/{device}/positions", params={"limit": 1}).json()
+        start = first["positions"][0]["ts"] if first["positions"] else None
+        params = {"from": start, "to": "2100-01-01T00:00:00Z"} if start else {}
+        card = api.get(f"/api/v1/devices/{device}/scorecard", params=params).json()
+    harsh = card["harsh"]
+    return (
+        f"API: {len(trips)} trip(s), {card['distance_km']} km; harsh {harsh['total']} "
+        f"({harsh['per_100km']} per 100 km); overspeed {card['overspeed']['count']} x; "
+        f"GPX: {base}/api/v1/devices/{device}/positions?format=gpx"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,9 +479,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed", type=float, default=10.0, help="simulated seconds per second")
     ap.add_argument("--duration", type=float, default=None, help="cut the drive after N seconds")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--fleet", type=int, default=0, help="N more simulated vans for the map")
+    ap.add_argument("--keep", action="store_true", help="keep serving the live view at the end")
     args = ap.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="telematics-demo-"))
-    return run_demo(workdir, scenario=args.scenario, speed=args.speed, duration_s=args.duration)
+    return run_demo(
+        workdir,
+        scenario=args.scenario,
+        speed=args.speed,
+        duration_s=args.duration,
+        fleet=args.fleet,
+        keep=args.keep,
+    )
 
 
 if __name__ == "__main__":
