@@ -160,7 +160,7 @@ class DesiredConfig(_Model):
     """
 
     v: Literal[1] = SCHEMA_VERSION
-    version: Annotated[int, Field(ge=1)]
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)]
     geofences: Annotated[list[dict[str, Any]], Field(max_length=10_000)] | None = Field(
         None, description="zones (docs/GEOFENCES.md); absent = keep the current set"
     )
@@ -196,11 +196,15 @@ class CommandResult(_Model):
     kind: Literal["config", "command"]
     id: CommandId | None = Field(None, description="the command's id (kind `command`)")
     name: str | None = Field(None, description="the command's name (kind `command`)")
-    version: int | None = Field(None, description="the config version answered (kind `config`)")
+    version: Annotated[int, Field(ge=-1, le=2**31 - 1)] | None = Field(
+        None, description="the config version answered (kind `config`); -1: it had none"
+    )
     status: Literal["applied", "unchanged", "rejected", "done", "expired"]
     reason: str | None = None
     data: dict[str, Any] = Field(default_factory=dict, description="what a command returns")
-    running_version: int = Field(description="the config version the device now runs")
+    running_version: Annotated[int, Field(ge=0, le=2**31 - 1)] = Field(
+        description="the config version the device now runs"
+    )
 
 
 def record_body(record: PositionData | EventData | ObdData) -> str:

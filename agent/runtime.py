@@ -30,6 +30,7 @@ from agent.commands import Answer, accept
 from agent.config import AgentConfig, GpsConfig
 from agent.geofence.model import ZoneSet, load_zone_file
 from agent.gps.fix import Fix
+from agent.gps.sampler import position_from_fix
 from agent.gps.source_base import GpsSource
 from agent.gps.sources import open_source
 from agent.imu.processor import ImuProcessor
@@ -40,7 +41,6 @@ from agent.messages import (
     Command,
     CommandResult,
     EventData,
-    PositionData,
     Status,
     Stream,
     record_body,
@@ -298,18 +298,7 @@ class Agent:
             fix = self._last_fix
             if fix is None or fix.time is None or fix.lat is None or fix.lon is None:
                 return Answer("rejected", cmd.id, cmd.name, "no GNSS fix yet")
-            record = PositionData(
-                ts=fix.time,
-                lat=round(fix.lat, 7),
-                lon=round(fix.lon, 7),
-                alt=fix.alt_msl,
-                speed=fix.speed,
-                course=fix.course,
-                mode=3 if fix.mode >= 3 else 2,
-                sats=fix.sats_used,
-                hdop=fix.hdop,
-                reason="requested",
-            )
+            record = position_from_fix(fix, "requested")
             seq = self.outbox.add("telemetry", record_body(record), priority=True)
             if self.outbox.commit():
                 self.uplink.wake()

@@ -7,9 +7,9 @@ server (fsync on, as in production), ``telematics-bridge run`` worker
 processes sharing the stream (``--share-group``), and a simulated fleet that
 publishes a full delivery round per van through the agent's own outbox and
 uplink (QoS 1 batches, as fast as the broker takes them).  The rate is
-records stored / (last arrival - first arrival), read from the database's own
-``received_at``; positions are most of them.  Figures are printed, not
-asserted; README and docs/SCALING.md record them.  On a 2-core machine the
+records stored / (last arrival - first arrival), read from the rows'
+``received_at`` (the worker's clock as it handled each batch); positions are
+most of them.  Figures are printed, not asserted; README and docs/SCALING.md record them.  On a 2-core machine the
 broker, the database, the workers and the fleet share the two cores, so the
 3-worker figure is a floor, not what three machines would do.
 """

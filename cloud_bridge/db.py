@@ -15,6 +15,7 @@ Timestamps are ``timestamptz`` in PostgreSQL and fixed-width ISO 8601 text
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -32,8 +33,17 @@ class StorageError(Exception):
     """The database failed (disk full, server gone): the caller must not acknowledge."""
 
 
+class UnstorableData(Exception):
+    """The database refuses these values (out of range, NaN in JSON, NUL in text).
+
+    The payload's fault, not the database's: reject it and go on, or one
+    poisoned message would stop a worker at every redelivery.
+    """
+
+
 def describe_url(url: str) -> str:
-    """The database URL for logs, without a password."""
+    """The database URL for logs, without a password (URL, query or key=value form)."""
+    url = re.sub(r"(password=)[^&\s]*", r"\1***", url, flags=re.IGNORECASE)
     if "://" not in url or "@" not in url:
         return url
     scheme, rest = url.split("://", 1)
@@ -62,6 +72,11 @@ class Database:
             self.dialect = "postgres"
             self._pg = psycopg.connect(url, autocommit=True, options="-c timezone=UTC")
             self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+            self._data_errors: tuple[type[BaseException], ...] = (
+                psycopg.DataError,
+                OverflowError,
+                ValueError,
+            )
         else:
             path = Path(url.removeprefix("sqlite:///").removeprefix("sqlite://"))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,6 +87,7 @@ class Database:
             self._sq.execute("PRAGMA foreign_keys=ON")
             self._sq.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             self._errors = (sqlite3.Error,)
+            self._data_errors = (OverflowError, ValueError)
 
     # -- statements -------------------------------------------------------------
 
@@ -205,8 +221,10 @@ class Database:
         with self._lock:
             try:
                 yield
-            except StorageError:
+            except (StorageError, UnstorableData):
                 raise
+            except self._data_errors as exc:
+                raise UnstorableData(f"{type(exc).__name__}: {exc}".strip()) from exc
             except self._errors as exc:
                 raise StorageError(f"{type(exc).__name__}: {exc}".strip()) from exc
 

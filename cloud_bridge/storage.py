@@ -294,21 +294,31 @@ class BridgeStore:
             rows,
         )
 
-    def store_status(self, status: Status, received_at: float | datetime) -> None:
+    def store_status(
+        self, status: Status, received_at: float | datetime, retained: bool = False
+    ) -> None:
+        """The device's presence and health; newest by the status's own ``ts``.
+
+        A retained status arrives again at every (re)subscribe: it updates
+        the state but not ``last_seen`` (the device was not heard from now).
+        """
         db = self.db
-        rx = db.ts(_as_dt(received_at))
+        rx = _as_dt(received_at)
+        stamp = db.ts(status.ts or rx)
+        seen = db.ts(status.ts or rx) if retained else db.ts(rx)
         db.execute(
             "INSERT INTO devices (device, first_seen, last_seen, state, status, status_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET "
             "state = excluded.state, status = excluded.status, status_at = excluded.status_at, "
-            "last_seen = " + db.greatest("devices.last_seen", "excluded.last_seen"),
+            "last_seen = " + db.greatest("devices.last_seen", "excluded.last_seen") + " "
+            "WHERE devices.status_at IS NULL OR devices.status_at <= excluded.status_at",
             (
                 status.device,
-                rx,
-                rx,
+                seen,
+                seen,
                 status.state,
                 db.json(status.model_dump(mode="json", exclude_none=True)),
-                rx,
+                stamp,
             ),
         )
 

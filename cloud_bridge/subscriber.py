@@ -17,12 +17,15 @@ broker hands each message to one of them (MQTT 5 shared subscriptions;
 mosquitto, EMQX, HiveMQ and VerneMQ all do this).  A message redelivered to
 another worker after a crash is dropped by the database's unique key.
 Retained ``status`` is not shared (a broker never sends retained messages to
-a shared subscription), so every worker reads it; the write keeps the newest.
+a shared subscription), so every worker reads it; a status older than the
+stored one (by its ``ts``) is ignored, and a retained copy replayed at a
+(re)subscribe does not count as the device being seen.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import ssl
 import threading
 import time
@@ -48,6 +51,7 @@ from agent.messages import (
     topic,
     validation_reason,
 )
+from cloud_bridge.db import UnstorableData
 from cloud_bridge.storage import BridgeStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -88,19 +92,32 @@ class Bridge:
         self.fatal: str | None = None  # storage failed: the process must exit
         self.on_new_events: Callable[[int], None] | None = None  # e.g. wake the webhooks
         self._client: mqtt.Client | None = None
+        self._reject_log: dict[str, tuple[float, int]] = {}  # reason -> (logged at, hidden since)
 
-    def handle(self, topic: str, payload: bytes, received_at: float | None = None) -> None:
+    def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        received_at: float | None = None,
+        retained: bool = False,
+    ) -> None:
         """Validate and store one message; count what happened to it."""
         now = time.time() if received_at is None else received_at
         with self._lock:
             try:
                 try:
-                    self._handle(topic, payload, now)
+                    try:
+                        self._handle(topic, payload, now, retained)
+                    except UnstorableData as exc:
+                        raise Rejected("unstorable", str(exc)) from None
+                    except (Rejected, StorageError):
+                        raise
+                    except Exception as exc:  # a bug of ours must not stop the stream
+                        log.exception("internal error on %r", topic[:120])
+                        raise Rejected("internal_error", f"{type(exc).__name__}: {exc}") from None
                 except Rejected as rej:
                     self.counts[f"rejected.{rej.reason}"] += 1
-                    log.warning(
-                        "rejected message on %r: %s: %s", topic[:120], rej.reason, rej.detail
-                    )
+                    self._log_reject(topic, rej, now)
                     self.store.store_reject(topic, rej.reason, rej.detail, len(payload), now)
             except StorageError as exc:
                 # Returning would let paho acknowledge a message we did not
@@ -110,7 +127,17 @@ class Bridge:
                 log.critical("%s; exiting so the broker redelivers", self.fatal)
                 raise
 
-    def _handle(self, topic: str, payload: bytes, now: float) -> None:
+    def _log_reject(self, topic: str, rej: Rejected, now: float) -> None:
+        """Once per reason a minute, with how many more there were: a flood stays readable."""
+        last, hidden = self._reject_log.get(rej.reason, (-math.inf, 0))
+        if now - last < 60.0:
+            self._reject_log[rej.reason] = (last, hidden + 1)
+            return
+        more = f" ({hidden} more {rej.reason} in the last minute)" if hidden else ""
+        log.warning("rejected message on %r: %s: %s%s", topic[:120], rej.reason, rej.detail, more)
+        self._reject_log[rej.reason] = (now, 0)
+
+    def _handle(self, topic: str, payload: bytes, now: float, retained: bool = False) -> None:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise Rejected("oversized", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}")
         parts = topic.split("/")
@@ -135,7 +162,7 @@ class Bridge:
             status = _validate(Status, payload)
             if status.device != device:
                 raise Rejected("device_mismatch", f"topic {device!r}, payload {status.device!r}")
-            self.store.store_status(status, now)
+            self.store.store_status(status, now, retained=retained)
             self.counts["status"] += 1
             return
         if name not in ("telemetry", "events"):
@@ -227,7 +254,7 @@ class Bridge:
         log.warning("bridge disconnected: %s", reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.handle(msg.topic, bytes(msg.payload))
+        self.handle(msg.topic, bytes(msg.payload), retained=bool(msg.retain))
 
 
 M = TypeVar("M", Batch, Status, CommandResult)

@@ -220,7 +220,7 @@ class WebhookQueue:
             f"COALESCE(SUM(CASE WHEN d.id IS NOT NULL AND {_PENDING} THEN 1 ELSE 0 END), 0), "
             "COUNT(d.delivered_at), COUNT(d.failed_at) "
             "FROM webhooks w LEFT JOIN webhook_deliveries d ON d.webhook_id = w.id "
-            "GROUP BY w.id, w.url, w.event_types, w.created_at, w.active ORDER BY w.id"
+            "WHERE w.active GROUP BY w.id, w.url, w.event_types, w.created_at, w.active ORDER BY w.id"
         )
         return [
             {
@@ -237,8 +237,21 @@ class WebhookQueue:
         ]
 
     def delete(self, webhook_id: int) -> bool:
-        """Remove a webhook and its queued deliveries; False when there is none."""
-        return self.db.execute("DELETE FROM webhooks WHERE id = ?", (webhook_id,)) > 0
+        """Stop a webhook and drop its undelivered deliveries; False when there is none.
+
+        The row stays (inactive): an ingest transaction that read the active
+        set a moment earlier may still queue a delivery for it, which must
+        not fail on a missing key; the claim skips inactive webhooks.
+        """
+        with self.db.transaction():
+            gone = self.db.execute(
+                "UPDATE webhooks SET active = ? WHERE id = ? AND active", (False, webhook_id)
+            )
+            self.db.execute(
+                "DELETE FROM webhook_deliveries WHERE webhook_id = ? AND delivered_at IS NULL",
+                (webhook_id,),
+            )
+        return gone > 0
 
     # -- deliveries ---------------------------------------------------------------
 

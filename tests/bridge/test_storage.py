@@ -200,6 +200,12 @@ def test_url_in_logs_hides_the_password(tmp_path: Path) -> None:
         "postgresql://bridge:***@db:5432/fleet"
     )
     assert describe_url(str(tmp_path / "b.sqlite")) == str(tmp_path / "b.sqlite")
+    assert describe_url("postgresql://db/fleet?user=b&password=s3cret&sslmode=require") == (
+        "postgresql://db/fleet?user=b&password=***&sslmode=require"
+    )
+    assert describe_url("host=db password=s3cret dbname=fleet") == (
+        "host=db password=*** dbname=fleet"
+    )
     db = Database(str(tmp_path / "x.sqlite"))
     assert db.dialect == "sqlite"
     db.close()
