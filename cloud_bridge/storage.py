@@ -297,30 +297,40 @@ class BridgeStore:
     def store_status(
         self, status: Status, received_at: float | datetime, retained: bool = False
     ) -> None:
-        """The device's presence and health; newest by the status's own ``ts``.
+        """The device's presence and health.
 
-        A retained status arrives again at every (re)subscribe: it updates
-        the state but not ``last_seen`` (the device was not heard from now).
+        A status older than the stored one by the device's own ``ts`` (a late
+        copy via another worker) leaves state and health alone.  A retained
+        status arrives again at every (re)subscribe: it does not make the
+        device "seen" now.
         """
         db = self.db
         rx = _as_dt(received_at)
-        stamp = db.ts(status.ts or rx)
-        seen = db.ts(status.ts or rx) if retained else db.ts(rx)
-        db.execute(
-            "INSERT INTO devices (device, first_seen, last_seen, state, status, status_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (device) DO UPDATE SET "
-            "state = excluded.state, status = excluded.status, status_at = excluded.status_at, "
-            "last_seen = " + db.greatest("devices.last_seen", "excluded.last_seen") + " "
-            "WHERE devices.status_at IS NULL OR devices.status_at <= excluded.status_at",
-            (
-                status.device,
-                seen,
-                seen,
-                status.state,
-                db.json(status.model_dump(mode="json", exclude_none=True)),
-                stamp,
-            ),
-        )
+        body = status.model_dump(mode="json", exclude_none=True)
+        with db.transaction():
+            lock = " FOR UPDATE" if db.dialect == "postgres" else ""
+            rows = db.query(f"SELECT status FROM devices WHERE device = ?{lock}", (status.device,))
+            if not rows:
+                seen = db.ts(status.ts or rx) if retained else db.ts(rx)
+                db.execute(
+                    "INSERT INTO devices (device, first_seen, last_seen, state, status, status_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (status.device, seen, seen, status.state, db.json(body), db.ts(rx)),
+                )
+                return
+            stored = db.from_json(rows[0][0]) or {}
+            before = _parse_utc(stored.get("ts"))
+            newer = status.ts is None or before is None or status.ts >= before
+            if newer:
+                db.execute(
+                    "UPDATE devices SET state = ?, status = ?, status_at = ? WHERE device = ?",
+                    (status.state, db.json(body), db.ts(rx), status.device),
+                )
+            if not retained:
+                db.execute(
+                    "UPDATE devices SET last_seen = ? WHERE device = ? AND last_seen < ?",
+                    (db.ts(rx), status.device, db.ts(rx)),
+                )
 
     def store_result(self, result: CommandResult, received_at: float | datetime) -> bool:
         """A device's answer on ``cmd/result``; False when it answers nothing we sent."""

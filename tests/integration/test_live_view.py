@@ -15,7 +15,6 @@ have, one per harsh event and one per idle.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ from cloud_bridge.storage import BridgeStore
 from simulators.broker import Mosquitto, free_port
 from simulators.fleet import FleetResult, run_fleet
 from simulators.postgres import PostgresServer
-from simulators.stack import bridge_worker, command
+from simulators.stack import bridge_worker
+from tests.support.bridge_api import api_up, create_token
 from tests.support.browser import (
     HARSH,
     IDLE,
@@ -78,12 +78,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_server: PostgresServer) -
         pytest.fail(missing)  # Chromium and playwright are dependencies: not a skip
     workdir = tmp_path_factory.mktemp("live_view")
     url = pg_server.create_database("live_view")
-    token = subprocess.run(
-        [command("telematics-bridge"), "token", "create", "live-view", "--db", url],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    token = create_token(url, "live-view")
     broker = Mosquitto(workdir / "broker").start()
     http_port = free_port()
     store = BridgeStore(url)
@@ -101,7 +96,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_server: PostgresServer) -
             client_id="bridge-live-view",
             http_port=http_port,
         )
-        until(lambda: _up(api), "the bridge's API", 20)
+        until(lambda: api_up(api), "the bridge's API", 20)
         # One whole round (no `minutes`, ~1 s to generate): four vans finish a trip in it
         # (a 5-min stop ends one), three of those trips with harsh events.
         result = run_fleet(
@@ -129,13 +124,6 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pg_server: PostgresServer) -
             bridge.stop()
         broker.stop()
         store.close()
-
-
-def _up(api: httpx.Client) -> bool:
-    try:
-        return api.get("/healthz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _richest_trip(fleet: Fleet) -> dict[str, Any]:
