@@ -307,21 +307,20 @@ class BridgeStore:
         db = self.db
         rx = _as_dt(received_at)
         body = status.model_dump(mode="json", exclude_none=True)
+        seen = db.ts(status.ts or rx) if retained else db.ts(rx)
         with db.transaction():
+            # Every worker gets every status: the first one creates the row,
+            # the others find it (no unique-key race), then one at a time.
+            db.execute(
+                "INSERT INTO devices (device, first_seen, last_seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (device) DO NOTHING",
+                (status.device, seen, seen),
+            )
             lock = " FOR UPDATE" if db.dialect == "postgres" else ""
             rows = db.query(f"SELECT status FROM devices WHERE device = ?{lock}", (status.device,))
-            if not rows:
-                seen = db.ts(status.ts or rx) if retained else db.ts(rx)
-                db.execute(
-                    "INSERT INTO devices (device, first_seen, last_seen, state, status, status_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (status.device, seen, seen, status.state, db.json(body), db.ts(rx)),
-                )
-                return
             stored = db.from_json(rows[0][0]) or {}
             before = _parse_utc(stored.get("ts"))
-            newer = status.ts is None or before is None or status.ts >= before
-            if newer:
+            if status.ts is None or before is None or status.ts >= before:
                 db.execute(
                     "UPDATE devices SET state = ?, status = ?, status_at = ? WHERE device = ?",
                     (status.state, db.json(body), db.ts(rx), status.device),

@@ -209,3 +209,26 @@ def test_url_in_logs_hides_the_password(tmp_path: Path) -> None:
     db = Database(str(tmp_path / "x.sqlite"))
     assert db.dialect == "sqlite"
     db.close()
+
+
+def test_every_worker_storing_the_first_status_of_new_devices_at_once(db_url: str) -> None:
+    """Status is not shared between workers: all of them write it, first ones included."""
+    stores = [BridgeStore(db_url) for _ in range(3)]
+    errors: list[BaseException] = []
+
+    def work(s: BridgeStore) -> None:
+        try:
+            for i in range(40):
+                s.store_status(Status(device=f"van-{i}", state="online", ts=T0), T0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(stores[0].devices()) == 40
+    for s in stores:
+        s.close()
