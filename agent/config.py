@@ -14,6 +14,7 @@ same way.  docs/CONFIG.md documents every key.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import tomllib
@@ -92,7 +93,28 @@ class TlsConfig(_Section):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"mqtt.tls.{name}: no readable file at {path}")
+        if self.key is not None:
+            check_private_file(self.key, "mqtt.tls.key")
         return self
+
+
+def check_private_file(path: Path, key: str) -> None:
+    """A secret's file must be readable by its owner only: say which key and how to fix it."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise ValueError(
+            f"{key}: {path} is readable by others (mode {mode:o}); run: chmod 600 {path}"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether the broker is on this machine (then plain TCP is fine)."""
+    if host.lower() in ("localhost", "ip6-localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class MqttConfig(_Section):
@@ -117,6 +139,39 @@ class MqttConfig(_Section):
     )
     backoff_min_s: PositiveFloat = 1.0
     backoff_max_s: PositiveFloat = 60.0
+    password_file: Path | None = Field(
+        None, description="file holding the password (mode 600); instead of password"
+    )
+    plaintext: bool = Field(
+        False, description="allow plain TCP to a broker that is not on loopback (private APN/VPN)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tls_by_default(cls, data: Any) -> Any:
+        """A broker off this machine gets TLS with server verification unless told otherwise."""
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        host = str(out.get("host", "localhost"))
+        if "tls" not in out and not out.get("plaintext") and not is_loopback(host):
+            out["tls"] = {}
+        if out.get("tls") is not None and "port" not in out:
+            out["port"] = 8883
+        return out
+
+    @model_validator(mode="after")
+    def _password_file(self) -> MqttConfig:
+        if self.password_file is None:
+            return self
+        if self.password is not None:
+            raise ValueError("mqtt.password and mqtt.password_file: give one, not both")
+        path = self.password_file
+        if not path.is_file():
+            raise ValueError(f"mqtt.password_file: no readable file at {path}")
+        check_private_file(path, "mqtt.password_file")
+        self.password = SecretStr(path.read_text(encoding="utf-8").strip())
+        return self
 
     @model_validator(mode="after")
     def _backoff_order(self) -> MqttConfig:

@@ -175,3 +175,41 @@ def test_every_key_is_documented() -> None:
         if name not in sections.get(section, set()):
             missing.append(key)
     assert missing == [], f"keys missing from docs/CONFIG.md: {missing}"
+
+
+def test_a_broker_off_this_machine_gets_verified_tls_by_default() -> None:
+    remote = parse_config({"device": {"id": "v1"}, "mqtt": {"host": "mqtt.example.com"}}, {})
+    assert remote.mqtt.tls is not None and remote.mqtt.tls.ca is None  # the system's CAs
+    assert remote.mqtt.tls.insecure is False and remote.mqtt.port == 8883
+    for host in ("localhost", "127.0.0.1", "::1"):
+        local = parse_config({"device": {"id": "v1"}, "mqtt": {"host": host}}, {})
+        assert local.mqtt.tls is None and local.mqtt.port == 1883, host
+    apn = parse_config(
+        {"device": {"id": "v1"}, "mqtt": {"host": "10.8.0.1", "plaintext": True}}, {}
+    )
+    assert apn.mqtt.tls is None and apn.mqtt.port == 1883
+    pinned = parse_config(
+        {"device": {"id": "v1"}, "mqtt": {"host": "mqtt.example.com", "port": 443}}, {}
+    )
+    assert pinned.mqtt.tls is not None and pinned.mqtt.port == 443
+
+
+def test_secrets_come_from_files_only_their_owner_can_read(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt.pass"
+    secret.write_text("s3cret-pass\n")
+    secret.chmod(0o644)
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file: .*\(mode 644\); run: chmod 600"):
+        parse_config({"device": {"id": "v1"}, "mqtt": {"password_file": str(secret)}}, {})
+    secret.chmod(0o600)
+    cfg = parse_config({"device": {"id": "v1"}, "mqtt": {"password_file": str(secret)}}, {})
+    assert cfg.mqtt.password is not None
+    assert cfg.mqtt.password.get_secret_value() == "s3cret-pass"
+    assert "s3cret-pass" not in repr(cfg) and "s3cret-pass" not in str(cfg.model_dump())
+    key = tmp_path / "device.key"
+    key.write_text("not really a key")
+    key.chmod(0o640)
+    with pytest.raises(ConfigError, match=r"mqtt\.tls\.key: .* chmod 600"):
+        parse_config(
+            {"device": {"id": "v1"}, "mqtt": {"tls": {"cert": "/etc/hostname", "key": str(key)}}},
+            {},
+        )
