@@ -1,6 +1,7 @@
 """``telematics-agent``: run the daemon, check a config, replay a recording.
 
-Exit status: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+Exit status: 0 ok, 1 runtime failure, 2 bad configuration or usage, 75 a
+``restart`` command asked for a restart (systemd's Restart= and runit start it again).
 """
 
 from __future__ import annotations
@@ -241,6 +242,9 @@ def replay_candump(path: Path, out: TextIO) -> int:
     return 0
 
 
+EXIT_RESTART = 75  # EX_TEMPFAIL: "try again", so any restart policy restarts it
+
+
 def _run(cfg: AgentConfig) -> int:
     from agent.runtime import Agent, gps_source
 
@@ -262,7 +266,7 @@ def _run(cfg: AgentConfig) -> int:
             await agent.run()
 
     asyncio.run(main())
-    return 0
+    return EXIT_RESTART if agent.restart_requested else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from agent.messages import Command, validation_reason
 
 #: Names this agent runs; docs/PROTOCOL.md describes each.
-KNOWN = ("request_position",)
+KNOWN = ("request_position", "flush", "apply_config", "restart")
 
 MAX_COMMAND_BYTES = 64 * 1024
 

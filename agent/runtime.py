@@ -21,6 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TextIO
 
+import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
 from agent import __version__
@@ -56,6 +57,9 @@ from agent.remote_config import ConfigGate, Decision
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+#: A `restart` waits this long at most for its answer to reach the broker.
+RESTART_AFTER_RESULT_S = 5.0
 
 
 def gps_source(cfg: GpsConfig) -> GpsSource:
@@ -94,6 +98,9 @@ class Agent:
         self.zones = self._initial_zones()
         self.config_gate = ConfigGate()
         self._last_fix: Fix | None = None  # for request_position
+        self._last_decision: Decision | None = None  # for apply_config's answer
+        self._run_task: asyncio.Task[Any] | None = None
+        self.restart_requested = False  # by a `restart` command: exit status 75
         self.obd: ObdService | None = None
         processor = None
         if cfg.obd.source != "none" or obd_link is not None:
@@ -249,6 +256,7 @@ class Agent:
         if name != "config":
             return
         decision = self.config_gate.decide(payload, self.zones)
+        self._last_decision = decision
         if decision is None:
             return
         zones = decision.zones
@@ -291,7 +299,9 @@ class Agent:
             result = CommandResult.model_validate(fields)
         except ValidationError:  # an id we cannot echo: answer without it
             result = CommandResult.model_validate(fields | {"id": None})
-        self.uplink.publish_result(result.model_dump_json(exclude_none=True))
+        info = self.uplink.publish_result(result.model_dump_json(exclude_none=True))
+        if answer.name == "restart" and answer.status == "done":
+            asyncio.get_running_loop().create_task(self._restart_after(info))
 
     def _run_command(self, cmd: Command) -> Answer:
         if cmd.name == "request_position":
@@ -315,7 +325,35 @@ class Agent:
                     "age_s": round(age, 1),
                 },
             )
+        if cmd.name == "flush":
+            # Everything buffered goes to the outbox's committed rows and the
+            # uplink sends at once instead of at its next tick.
+            self.outbox.commit()
+            self.uplink.wake()
+            return Answer("done", cmd.id, cmd.name, data={"waiting": self.outbox.depth()})
+        if cmd.name == "apply_config":
+            payload = json.dumps(cmd.args).encode()
+            self.handle_downlink("config", payload)
+            decision = self._last_decision
+            if decision is None:
+                return Answer("rejected", cmd.id, cmd.name, "empty config")
+            data = {"version": decision.version, "status": decision.status}
+            if decision.status == "rejected":
+                return Answer("rejected", cmd.id, cmd.name, decision.reason, data)
+            return Answer("done", cmd.id, cmd.name, decision.reason, data)
+        if cmd.name == "restart":
+            self.restart_requested = True
+            return Answer("done", cmd.id, cmd.name, data={"in_s": RESTART_AFTER_RESULT_S})
         raise AssertionError(f"accept() let through {cmd.name!r}")  # KNOWN and this agree
+
+    async def _restart_after(self, result: mqtt.MQTTMessageInfo) -> None:
+        """Stop once the answer has left (or a few seconds passed); the service manager restarts."""
+        deadline = self._mono() + RESTART_AFTER_RESULT_S
+        while not result.is_published() and self._mono() < deadline:
+            await asyncio.sleep(0.05)
+        log.warning("restart requested by the cloud: stopping")
+        if self._run_task is not None:
+            self._run_task.cancel()
 
     def _config_result(self, decision: Decision) -> None:
         """Answer on cmd/result; record applied and (first-time) refused configs."""
@@ -448,6 +486,7 @@ class Agent:
                 self.uplink.wake()
 
     async def run(self) -> None:
+        self._run_task = asyncio.current_task()
         log.info(
             "agent %s starting: device %s, epoch %s, next seq %d",
             __version__,

@@ -228,9 +228,9 @@ class Uplink:
         if self._on_downlink is not None and name in ("config", "cmd"):
             self._on_downlink(name, payload)
 
-    def publish_result(self, payload: str) -> None:
+    def publish_result(self, payload: str) -> mqtt.MQTTMessageInfo:
         """Answer on ``cmd/result`` (QoS 1; paho holds it across a reconnect)."""
-        self._client.publish(self._topic("cmd/result"), payload, qos=1)
+        return self._client.publish(self._topic("cmd/result"), payload, qos=1)
 
     def _publish_status(self) -> None:
         # The birth reads agent state (outbox, sources), so it is built here on

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
@@ -43,7 +43,12 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 KMH_PER_MPS = 3.6
 
-Downlink = Callable[[str, str, str, bool], None]  # device, topic name, payload, retain
+class Downlink(Protocol):
+    """Publishes to a device: ``config`` (retained) or ``cmd`` (with a time to live)."""
+
+    def __call__(
+        self, device: str, name: str, payload: str, retain: bool, expiry_s: float | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,7 +628,7 @@ def create_app(
             expires=t + timedelta(seconds=body.ttl_s),
         )
         store.add_command(cmd.id, device, cmd.name, cmd.args, t, cmd.expires)
-        downlink(device, "cmd", cmd.model_dump_json(exclude_none=True), False)
+        downlink(device, "cmd", cmd.model_dump_json(exclude_none=True), False, body.ttl_s)
         return _command(cmd.id)
 
     def _command(command_id: str) -> CommandOut:

@@ -218,12 +218,29 @@ class Bridge:
         else:
             client.connect_async(s.host, s.port, keepalive=30)
 
-    def publish_downlink(self, device: str, name: str, payload: str, retain: bool) -> None:
-        """Send ``config`` or ``cmd`` to a device (QoS 1; paho queues it while offline)."""
+    def publish_downlink(
+        self, device: str, name: str, payload: str, retain: bool, expiry_s: float | None = None
+    ) -> None:
+        """Send ``config`` or ``cmd`` to a device (QoS 1; paho queues it while offline).
+
+        Under MQTT 5 a command carries its time to live as the message expiry,
+        so the broker drops it rather than deliver it stale to a van that was
+        offline; the device checks the command's own ``expires`` as well.
+        """
         if self._client is None:
             raise RuntimeError("no MQTT client: make_client() first")
+        props = None
+        if self.settings.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ContentType = "application/json"
+            if expiry_s is not None:
+                props.MessageExpiryInterval = max(1, int(expiry_s))
         info = self._client.publish(
-            topic(self.settings.prefix, device, name), payload, qos=1, retain=retain
+            topic(self.settings.prefix, device, name),
+            payload,
+            qos=1,
+            retain=retain,
+            properties=props,
         )
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise RuntimeError(f"publish to {device}/{name} failed: {mqtt.error_string(info.rc)}")

@@ -212,7 +212,8 @@ def test_commands_are_sent_and_their_result_read(api: Api) -> None:
     assert r.status_code == 202, r.text
     sent = r.json()
     assert sent["status"] == "sent"
-    ((device, name, payload, retain),) = api.sent
+    ((device, name, payload, retain, ttl_s),) = api.sent
+    assert ttl_s == 300.0  # the broker's message expiry under MQTT 5
     cmd = Command.model_validate_json(payload)
     assert (device, name, retain, cmd.id, cmd.name) == (
         "van-1",

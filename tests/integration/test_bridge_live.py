@@ -242,3 +242,43 @@ def test_metrics_show_what_was_stored_and_nothing_rejected(live: Live) -> None:
     assert stored >= live.stack.outbox_high_water()
     assert "bridge_rejected_total{" not in text
     assert "bridge_database_up 1.0" in text
+
+
+def _answer(live: Live, name: str, **args: Any) -> dict[str, Any]:
+    r = live.api.post("/api/v1/devices/van-demo/commands", json={"name": name, "args": args})
+    assert r.status_code == 202, r.text
+    cmd_id = r.json()["id"]
+    until(
+        lambda: live.get(f"/api/v1/commands/{cmd_id}")["status"] != "sent",
+        f"the answer to {name}",
+        20,
+    )
+    return dict(live.get(f"/api/v1/commands/{cmd_id}"))
+
+
+def test_flush_and_a_bad_config_by_command(live: Live) -> None:
+    flushed = _answer(live, "flush")
+    assert flushed["status"] == "done"
+    assert set(flushed["result"]["data"]["waiting"]) >= {"telemetry", "events"}
+
+    running = live.get("/api/v1/devices/van-demo")["config_running"]
+    bad_zone = {
+        "id": "x",
+        "name": "X",
+        "shape": {"type": "circle", "lat": 95, "lon": 5, "radius_m": 50},
+    }
+    refused = _answer(live, "apply_config", v=1, version=running + 1, geofences=[bad_zone])
+    assert refused["status"] == "rejected"
+    assert "lat" in refused["result"]["reason"]  # the result says why
+    assert refused["result"]["running_version"] == running  # the old one keeps running
+    assert live.get("/api/v1/devices/van-demo")["config_running"] == running
+
+
+def test_restart_answers_then_exits_for_the_service_manager(live: Live) -> None:
+    """Last in the module: the agent is gone afterwards."""
+    answer = _answer(live, "restart")
+    assert answer["status"] == "done"
+    agent = live.stack.agent
+    assert agent is not None
+    until(lambda: not agent.alive(), "the agent to stop", 15)
+    assert agent.popen.returncode == 75
