@@ -142,6 +142,11 @@ class MqttConfig(_Section):
     password_file: Path | None = Field(
         None, description="file holding the password (mode 600); instead of password"
     )
+    session_expiry_s: Annotated[int, Field(ge=0, le=30 * 86400)] = Field(
+        86400,
+        description="MQTT 5: how long the broker keeps commands for this device while it is "
+        "offline; 0 = a clean session each connect",
+    )
     plaintext: bool = Field(
         False, description="allow plain TCP to a broker that is not on loopback (private APN/VPN)"
     )

@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: A `restart` waits this long at most for its answer to reach the broker.
 RESTART_AFTER_RESULT_S = 5.0
+#: Command ids remembered (with their answers) so a redelivered command is not run twice.
+ANSWERS_KEPT = 50
 
 
 def gps_source(cfg: GpsConfig) -> GpsSource:
@@ -99,6 +101,7 @@ class Agent:
         self.config_gate = ConfigGate()
         self._last_fix: Fix | None = None  # for request_position
         self._last_decision: Decision | None = None  # for apply_config's answer
+        self._answered: dict[str, str] = self._load_answers()  # command id -> its result
         self._run_task: asyncio.Task[Any] | None = None
         self.restart_requested = False  # by a `restart` command: exit status 75
         self.obd: ObdService | None = None
@@ -279,8 +282,16 @@ class Agent:
         self._config_result(decision)
 
     def _command(self, payload: bytes) -> None:
-        """Run one command and answer it, whatever happens."""
+        """Run one command and answer it, whatever happens; a repeat is answered, not rerun.
+
+        A persistent session can hand a command over twice (a crash before
+        its PUBACK); a second ``restart`` must not restart again.
+        """
         got = accept(payload, self.clock.now())
+        if got.id is not None and got.id in self._answered:
+            log.info("command %s seen before: answering again", got.id)
+            self.uplink.publish_result(self._answered[got.id])
+            return
         answer = got if isinstance(got, Answer) else self._run_command(got)
         if answer.status != "done":
             log.warning("command %s %s: %s", answer.name, answer.status, answer.reason)
@@ -299,7 +310,10 @@ class Agent:
             result = CommandResult.model_validate(fields)
         except ValidationError:  # an id we cannot echo: answer without it
             result = CommandResult.model_validate(fields | {"id": None})
-        info = self.uplink.publish_result(result.model_dump_json(exclude_none=True))
+        text = result.model_dump_json(exclude_none=True)
+        if result.id is not None:
+            self._remember_answer(result.id, text)
+        info = self.uplink.publish_result(text)
         if answer.name == "restart" and answer.status == "done":
             asyncio.get_running_loop().create_task(self._restart_after(info))
 
@@ -345,6 +359,22 @@ class Agent:
             self.restart_requested = True
             return Answer("done", cmd.id, cmd.name, data={"in_s": RESTART_AFTER_RESULT_S})
         raise AssertionError(f"accept() let through {cmd.name!r}")  # KNOWN and this agree
+
+    def _remember_answer(self, command_id: str, result: str) -> None:
+        self._answered[command_id] = result
+        while len(self._answered) > ANSWERS_KEPT:
+            del self._answered[next(iter(self._answered))]
+        try:
+            self.outbox.set_state("answered_commands", json.dumps(list(self._answered.items())))
+        except sqlite3.Error as exc:  # kept in memory; only a restart forgets it
+            log.warning("cannot store the answered commands: %s", exc)
+
+    def _load_answers(self) -> dict[str, str]:
+        try:
+            stored = json.loads(self.outbox.get_state("answered_commands") or "[]")
+            return {str(i): str(r) for i, r in stored}
+        except (ValueError, TypeError):
+            return {}
 
     async def _restart_after(self, result: mqtt.MQTTMessageInfo) -> None:
         """Stop once the answer has left (or a few seconds passed); the service manager restarts."""

@@ -36,6 +36,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.backoff import Backoff
@@ -111,6 +113,10 @@ class Uplink:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = self._make_client()
+        self._json: Properties | None = None  # MQTT 5: content type on every publish
+        if cfg.protocol == "5":
+            self._json = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            self._json.ContentType = "application/json"
 
     # -- paho client -------------------------------------------------------
 
@@ -154,8 +160,18 @@ class Uplink:
                 # those of this connection, not of the agent's start.
                 self._client.will_set(self._topic("status"), self._will(), qos=1, retain=True)
                 if self.cfg.protocol == "5":
+                    # The broker keeps our subscriptions and queues commands
+                    # while we are offline (their own expiry drops stale ones);
+                    # what we publish is kept by the outbox, not the session.
+                    expiry = self.cfg.session_expiry_s
+                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                    props.SessionExpiryInterval = expiry
                     self._client.connect(
-                        self.cfg.host, self.cfg.port, self.cfg.keepalive_s, clean_start=True
+                        self.cfg.host,
+                        self.cfg.port,
+                        self.cfg.keepalive_s,
+                        clean_start=expiry == 0,
+                        properties=props,
                     )
                 else:
                     self._client.connect(self.cfg.host, self.cfg.port, self.cfg.keepalive_s)
@@ -230,7 +246,9 @@ class Uplink:
 
     def publish_result(self, payload: str) -> mqtt.MQTTMessageInfo:
         """Answer on ``cmd/result`` (QoS 1; paho holds it across a reconnect)."""
-        return self._client.publish(self._topic("cmd/result"), payload, qos=1)
+        return self._client.publish(
+            self._topic("cmd/result"), payload, qos=1, properties=self._json
+        )
 
     def _publish_status(self) -> None:
         # The birth reads agent state (outbox, sources), so it is built here on
@@ -310,7 +328,7 @@ class Uplink:
             self.clock.now(),
             [with_seq(body, seq) for seq, body in rows],
         )
-        info = self._client.publish(self._topic(stream), payload, qos=1)
+        info = self._client.publish(self._topic(stream), payload, qos=1, properties=self._json)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # Not kept by paho (e.g. message ids exhausted): the rows stay
             # unsent and are offered again on the next wake.

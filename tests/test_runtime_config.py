@@ -124,3 +124,26 @@ def test_refusals_name_the_version_and_are_recorded_once(tmp_path: Path) -> None
     assert "extra" in refused[0]["reason"] and "out of range" in refused[1]["reason"]
     assert agent.zones.version == 0
     agent.outbox.close()
+
+
+def test_a_redelivered_command_is_answered_again_not_run_again(tmp_path: Path) -> None:
+    """A persistent session may hand a command over twice; restart must not loop."""
+    from agent.messages import Command, CommandResult
+
+    agent = make_agent(tmp_path)
+    sent: list[CommandResult] = []
+    agent.uplink.publish_result = lambda p: sent.append(CommandResult.model_validate_json(p))  # type: ignore[method-assign,assignment,return-value]
+    flush = Command(id="c-7", name="flush").model_dump_json().encode()
+    agent.handle_downlink("cmd", flush)
+    agent.outbox.add("telemetry", '{"kind":"position"}')  # something changes in between
+    agent.handle_downlink("cmd", flush)
+    assert [r.id for r in sent] == ["c-7", "c-7"]
+    assert sent[0] == sent[1]  # the same answer, not a second run
+    agent.outbox.close()
+    # Across a restart too (what a `restart` command needs).
+    again = make_agent(tmp_path)
+    resent: list[CommandResult] = []
+    again.uplink.publish_result = lambda p: resent.append(CommandResult.model_validate_json(p))  # type: ignore[method-assign,assignment,return-value]
+    again.handle_downlink("cmd", flush)
+    assert resent == sent[:1]
+    again.outbox.close()
