@@ -70,6 +70,9 @@ class SamplerConfig(_Section):
     distance_m: PositiveFloat = 100.0
     heartbeat_s: PositiveFloat = Field(300.0, description="position period while stopped")
     moving_speed_kmh: Annotated[float, Field(ge=0)] = 5.0
+    speed_change_kmh: PositiveFloat | None = Field(
+        None, description="extra position when speed changed this much since the last one"
+    )
 
 
 class BufferConfig(_Section):

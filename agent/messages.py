@@ -69,9 +69,9 @@ class PositionData(_Model):
     mode: Literal[2, 3] = Field(description="2 = 2D fix, 3 = 3D fix")
     sats: Annotated[int, Field(ge=0, le=255)] | None = None
     hdop: Annotated[float, Field(ge=0)] | None = None
-    reason: Literal["first", "periodic", "heading", "distance", "heartbeat", "fix", "requested"] = (
-        Field(description="why the sampler emitted this point")
-    )
+    reason: Literal[
+        "first", "periodic", "heading", "distance", "speed", "heartbeat", "fix", "requested"
+    ] = Field(description="why the sampler emitted this point")
 
 
 class EventData(_Model):

@@ -130,6 +130,7 @@ class Pipeline:
             distance_m=cfg.distance_m,
             heartbeat_s=cfg.heartbeat_s,
             moving_speed_kmh=cfg.moving_speed_kmh,
+            speed_change_kmh=cfg.speed_change_kmh,
             every_fix=every_fix,
         )
         self.fix_state = FixStateDetector()

@@ -2,7 +2,10 @@
 
 A 10 Hz receiver gives 36,000 fixes an hour; a fleet map needs a point a
 second while moving, a point where the road turns, and a slow heartbeat while
-parked.  Pure and deterministic: intervals are measured on the fixes' own
+parked.  Commercial trackers also send a point when the speed changes by
+more than a set amount, so a speed profile (braking into a queue, pulling
+away) survives a long period; ``speed_change_kmh`` does that, off unless set.
+Pure and deterministic: intervals are measured on the fixes' own
 receiver time, so a replayed drive samples exactly as the live one did,
 whatever the replay speed.
 """
@@ -18,6 +21,9 @@ from agent.gps.motion import WindowSpeed
 from agent.messages import PositionData
 
 KMH = 1 / 3.6
+
+#: Why a point sent for a speed change was kept (PositionData.reason).
+SPEED_REASON = "speed"
 
 
 def heading_delta(a: float, b: float) -> float:
@@ -57,12 +63,14 @@ class _Last:
     lat: float
     lon: float
     course: float | None
+    speed: float | None
     moving: bool
 
 
 class PositionSampler:
-    """``feed(fix) -> [PositionData]``: periodic while moving, extra on turns and
-    distance, heartbeat while stopped; ``every_fix`` passes every fix through.
+    """``feed(fix) -> [PositionData]``: periodic while moving, extra on turns,
+    distance and (if set) speed change, heartbeat while stopped; ``every_fix``
+    passes every fix through.  A criterion set to ``math.inf`` never fires.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class PositionSampler:
         distance_m: float = 100.0,
         heartbeat_s: float = 300.0,
         moving_speed_kmh: float = 5.0,
+        speed_change_kmh: float | None = None,
         every_fix: bool = False,
     ) -> None:
         self.period_s = period_s
@@ -80,6 +89,7 @@ class PositionSampler:
         self.distance_m = distance_m
         self.heartbeat_s = heartbeat_s
         self.moving_speed = moving_speed_kmh * KMH
+        self.speed_change = None if speed_change_kmh is None else speed_change_kmh * KMH
         self.every_fix = every_fix
         self._last: _Last | None = None
         self._last_time: datetime | None = None
@@ -98,7 +108,7 @@ class PositionSampler:
         reason = self._reason(fix, moving)
         if reason is None:
             return []
-        self._last = _Last(fix.time, fix.lat, fix.lon, fix.course, moving)
+        self._last = _Last(fix.time, fix.lat, fix.lon, fix.course, fix.speed, moving)
         return [position_from_fix(fix, reason)]
 
     def _moving(self, fix: Fix) -> bool:
@@ -141,6 +151,15 @@ class PositionSampler:
             and heading_delta(fix.course, last.course) >= self.heading_change_deg
         ):
             return "heading"
+        if (
+            self.speed_change is not None
+            and fix.speed is not None
+            and last.speed is not None
+            and abs(fix.speed - last.speed) >= self.speed_change
+        ):
+            # Needs a receiver that reports speed (RMC/VTG): a window average
+            # over GGA-only fixes lags a braking event by seconds.
+            return SPEED_REASON
         if haversine_m(last.lat, last.lon, fix.lat, fix.lon) >= self.distance_m:
             return "distance"
         return None

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from agent.gps.fix import Fix, FixMode
-from agent.gps.sampler import PositionSampler, haversine_m
+from agent.gps.geo import haversine_m
+from agent.gps.sampler import SPEED_REASON, PositionSampler
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
 
 def fix(
-    t: float, lat: float = 52.0, lon: float = 4.0, speed: float = 10.0, course: float = 90.0
+    t: float,
+    lat: float = 52.0,
+    lon: float = 4.0,
+    speed: float | None = 10.0,
+    course: float = 90.0,
 ) -> Fix:
     return Fix(
         time=T0 + timedelta(seconds=t),
@@ -102,3 +108,64 @@ def test_insane_quality_figures_become_unknown() -> None:
     bad = Fix(time=T0, mono=0, mode=FixMode.FIX_3D, lat=52, lon=4, sats_used=300, hdop=-1.0)
     (p,) = s.feed(bad)
     assert (p.sats, p.hdop) == (None, None)
+
+
+def braking_drive(
+    to_kmh: float, decel_mps2: float = 3.8, cruise_s: int = 10, after_s: int = 10
+) -> list[Fix]:
+    """1 Hz fixes heading north: 50 km/h, a brake at ``decel_mps2`` to ``to_kmh``, hold.
+
+    3.8 m/s² is the urban scenario's harsh brake into its first traffic light.
+    """
+    fixes: list[Fix] = []
+    v, lat = 50 / 3.6, 52.0
+    t = 0
+    while t <= cruise_s + 20 + after_s:
+        fixes.append(fix(t, lat=lat, speed=v, course=0.0))
+        if t >= cruise_s:
+            v = max(to_kmh / 3.6, v - decel_mps2)
+        lat += v / 111_195
+        t += 1
+    return fixes
+
+
+def slow_sampler(speed_change_kmh: float | None = None) -> PositionSampler:
+    """Period, heading and distance too coarse to fire in these 40 s drives."""
+    return PositionSampler(
+        period_s=60, heading_change_deg=15, distance_m=1000, speed_change_kmh=speed_change_kmh
+    )
+
+
+def test_braking_event_gives_exactly_one_speed_point() -> None:
+    """50 -> 20 km/h at 3.8 m/s²: 50, 36.3, 22.6, 20; the 22.6 fix is 27 km/h off."""
+    drive = braking_drive(to_kmh=20)
+    plain = slow_sampler()
+    without = [p for f in drive for p in plain.feed(f)]
+    sampler = slow_sampler(20)
+    with_speed = [p for f in drive for p in sampler.feed(f)]
+    assert [p.reason for p in without] == ["first"]
+    assert len(with_speed) == len(without) + 1
+    extra = with_speed[1]
+    assert extra.reason == SPEED_REASON
+    assert extra.ts == T0 + timedelta(seconds=12)
+    assert extra.speed is not None and round(extra.speed * 3.6, 1) == 22.6
+
+
+def test_small_speed_changes_and_unset_criterion_send_nothing() -> None:
+    """A 15 km/h slow-down stays under a 20 km/h threshold; no speed, no criterion."""
+    sampler = slow_sampler(20)
+    assert len([p for f in braking_drive(to_kmh=35) for p in sampler.feed(f)]) == 1
+    gga_only = slow_sampler(20)
+    no_speed = [replace(f, speed=None) for f in braking_drive(to_kmh=20)]
+    assert len([p for f in no_speed for p in gga_only.feed(f)]) == 1
+
+
+def test_braking_to_a_stop_adds_one_point_before_the_stop_point() -> None:
+    """50 -> 0: the stop transition is sent anyway; the speed point comes on top."""
+    plain = slow_sampler()
+    without = [p for f in braking_drive(to_kmh=0) for p in plain.feed(f)]
+    sampler = slow_sampler(20)
+    with_speed = [p for f in braking_drive(to_kmh=0) for p in sampler.feed(f)]
+    stop = T0 + timedelta(seconds=14)  # 50, 36.3, 22.6, 8.9, 0 km/h
+    assert [(p.reason, p.ts) for p in without] == [("first", T0), ("periodic", stop)]
+    assert [p.ts for p in with_speed] == [T0, T0 + timedelta(seconds=12), stop]
