@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 KMH_PER_MPS = 3.6
 
+
 class Downlink(Protocol):
     """Publishes to a device: ``config`` (retained) or ``cmd`` (with a time to live)."""
 
