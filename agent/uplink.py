@@ -147,6 +147,12 @@ class Uplink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        # Our network thread runs client.loop() itself (no loop_start), so paho
+        # thinks nobody loops and would write a publish from the asyncio thread
+        # straight onto the socket while the network thread uses it: over TLS
+        # that corrupts the stream ("bad record mac", a reconnect, re-sends).
+        # With this hook set paho only queues the packet and wakes the loop.
+        client.on_socket_register_write = lambda *_: None
         return client
 
     def _topic(self, name: str) -> str:
