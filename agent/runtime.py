@@ -45,6 +45,7 @@ from agent.messages import (
     Status,
     Stream,
     record_body,
+    utc_iso,
     validation_reason,
 )
 from agent.obd.dtc import DtcTracker
@@ -333,7 +334,7 @@ class Agent:
                 cmd.name,
                 data={
                     "seq": seq,
-                    "ts": record.ts.isoformat().replace("+00:00", "Z"),
+                    "ts": utc_iso(record.ts),
                     "lat": record.lat,
                     "lon": record.lon,
                     "age_s": round(age, 1),

@@ -40,9 +40,10 @@ import json
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeGuard
 
+from agent.messages import utc_iso
 from cloud_bridge.rows import EventRow, PositionRow
 
 GPX_NS = "http://www.topografix.com/GPX/1/1"
@@ -56,7 +57,7 @@ def iso_z(ts: datetime) -> str:
     """ISO 8601 UTC with ``Z``, the protocol's form (microseconds only when non-zero)."""
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise ValueError(f"naive datetime {ts!r}: bridge times must be timezone-aware")
-    return ts.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    return utc_iso(ts)
 
 
 def _sorted_positions(positions: Sequence[PositionRow]) -> list[PositionRow]:

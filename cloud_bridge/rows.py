@@ -8,8 +8,10 @@ pure parts are tested without a database.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from agent.messages import utc_iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +80,8 @@ class DeviceRow:
 
 
 def iso(ts: datetime | None) -> str | None:
-    """ISO 8601 UTC with ``Z``, as every time in the API and webhooks is written."""
-    return None if ts is None else ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """ISO 8601 UTC with ``Z`` (the protocol's ``utc_iso``), None passing through."""
+    return None if ts is None else utc_iso(ts)
 
 
 def event_dict(e: EventRow) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.messages import Batch, CommandResult, Event, Obd, Position, Status
+from agent.messages import Batch, CommandResult, Event, Obd, Position, Status, utc_iso
 from cloud_bridge.db import Database, StorageError
 from cloud_bridge.migrations import migrate
 from cloud_bridge.rows import DeviceRow, EventRow, PositionRow, TripRow
@@ -627,19 +627,19 @@ class BridgeStore:
         out: list[tuple[str, int, dict[str, Any]]] = []
         if stream in (None, "telemetry"):
             for p in self.positions(device, limit=10**9):
-                body = {"kind": "position", "seq": p.seq, "ts": _iso(p.ts), "lat": p.lat}
+                body = {"kind": "position", "seq": p.seq, "ts": utc_iso(p.ts), "lat": p.lat}
                 body |= {"lon": p.lon, "alt": p.alt, "speed": p.speed, "course": p.course}
                 body |= {"mode": p.mode, "sats": p.sats, "hdop": p.hdop, "reason": p.reason}
                 out.append((p.epoch, p.seq, {"stream": "telemetry", "epoch": p.epoch} | body))
             for e, q, ts, signals in self.db.query(
                 "SELECT epoch, seq, ts, signals FROM obd WHERE device = ?", (device,)
             ):
-                body = {"kind": "obd", "seq": int(q), "ts": _iso(self.db.from_ts(ts))}
+                body = {"kind": "obd", "seq": int(q), "ts": utc_iso(self.db.from_ts(ts))}
                 body["signals"] = self.db.from_json(signals)
                 out.append((e, int(q), {"stream": "telemetry", "epoch": e} | body))
         if stream in (None, "events"):
             for ev in self.events(device, limit=10**9):
-                body = {"kind": "event", "seq": ev.seq, "ts": _iso(ev.ts), "type": ev.type}
+                body = {"kind": "event", "seq": ev.seq, "ts": utc_iso(ev.ts), "type": ev.type}
                 body |= {"lat": ev.lat, "lon": ev.lon, "data": ev.data}
                 out.append((ev.epoch, ev.seq, {"stream": "events", "epoch": ev.epoch} | body))
         first_seen = self._epoch_order(device)
@@ -696,8 +696,8 @@ class BridgeStore:
                     "obd": int(n_obd or 0),
                     "seq_min": min(seqs, default=None),
                     "seq_max": max(seqs, default=None),
-                    "first": None if p[3] is None else _iso(self.db.from_ts(p[3])),
-                    "last": None if p[4] is None else _iso(self.db.from_ts(p[4])),
+                    "first": None if p[3] is None else utc_iso(self.db.from_ts(p[3])),
+                    "last": None if p[4] is None else utc_iso(self.db.from_ts(p[4])),
                     "status": dev.state,
                 }
             )
@@ -726,10 +726,6 @@ def _as_dt(value: float | datetime) -> datetime:
     if isinstance(value, datetime):
         return value.astimezone(UTC)
     return datetime.fromtimestamp(value, UTC)
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _sha256(token: str) -> str:

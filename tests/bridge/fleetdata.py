@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.messages import Batch
+from agent.messages import Batch, utc_iso
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 EPOCH = "0123456789abcdef0123456789abcdef"
 
 
-def iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")
+iso = utc_iso
 
 
 def position(
