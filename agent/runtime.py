@@ -65,6 +65,33 @@ RESTART_AFTER_RESULT_S = 5.0
 ANSWERS_KEPT = 50
 
 
+def started_event(cfg: AgentConfig, ts: datetime, gps_source: str) -> EventData:
+    """The agent's first event: which version, which config, which GPS."""
+    return EventData(
+        ts=ts,
+        type="agent_started",
+        data={"version": __version__, "config_hash": cfg.digest(), "gps_source": gps_source},
+    )
+
+
+def status_json(
+    cfg: AgentConfig, outbox: Outbox, clock: Clock, state: str, health: dict[str, Any]
+) -> str:
+    """The retained birth (``online``, with health) or will (``offline``) payload."""
+    return Status.model_validate(
+        {
+            "device": cfg.device.id,
+            "state": state,
+            "epoch": outbox.epoch,
+            "ts": clock.now(),
+            "version": __version__,
+            "config_hash": cfg.digest(),
+            "last_seq": outbox.last_seq,
+            "health": health,
+        }
+    ).model_dump_json(exclude_none=True)
+
+
 def gps_source(cfg: GpsConfig) -> GpsSource:
     """The GPS source the config asks for (nothing is opened until iterated)."""
     return open_source(
@@ -422,29 +449,11 @@ class Agent:
         self._release_untimed()
 
     def _started_event(self, ts: datetime) -> EventData:
-        return EventData(
-            ts=ts,
-            type="agent_started",
-            data={
-                "version": __version__,
-                "config_hash": self.cfg.digest(),
-                "gps_source": self.cfg.gps.source,
-            },
-        )
+        return started_event(self.cfg, ts, self.cfg.gps.source)
 
     def _status(self, state: str) -> str:
-        return Status.model_validate(
-            {
-                "device": self.cfg.device.id,
-                "state": state,
-                "epoch": self.outbox.epoch,
-                "ts": self.clock.now(),
-                "version": __version__,
-                "config_hash": self.cfg.digest(),
-                "last_seq": self.outbox.last_seq,
-                "health": self.health() if state == "online" else {},
-            }
-        ).model_dump_json(exclude_none=True)
+        health = self.health() if state == "online" else {}
+        return status_json(self.cfg, self.outbox, self.clock, state, health)
 
     def health(self) -> dict[str, Any]:
         """What works and what does not, for status and commissioning."""

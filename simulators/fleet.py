@@ -33,15 +33,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
 from agent.buffer.outbox import Outbox, OutboxError
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix, FixMode
-from agent.messages import EventData, Status, Stream, record_body
+from agent.messages import EventData, Stream, record_body
 from agent.obd.state import EngineSample, EngineState
 from agent.pipeline import ImuClock, Output, Pipeline, geofence_detector
+from agent.runtime import started_event, status_json
 from agent.uplink import Uplink
 from simulators.args import positive
 from simulators.ecu import engine_schedule
@@ -223,12 +223,8 @@ class _Van:
             will=lambda: self.status("offline"),
             rng=random.Random(v.number),
         )
-        # The agent's first event (agent.runtime: _started_event).
-        started = EventData(
-            ts=start_utc,
-            type="agent_started",
-            data={"version": __version__, "config_hash": cfg.digest(), "gps_source": "fleet"},
-        )
+        # The agent's first event, as agent.runtime makes it.
+        started = started_event(cfg, start_utc, "fleet")
         self.emit("events", started, urgent=False)
 
     def status(self, state: str) -> str:
@@ -242,18 +238,7 @@ class _Van:
                 "outbox_error": self.outbox.last_error,
                 "uplink": self.uplink.status(),
             }
-        return Status.model_validate(
-            {
-                "device": self.cfg.device.id,
-                "state": state,
-                "epoch": self.outbox.epoch,
-                "ts": self.clock.now(),
-                "version": __version__,
-                "config_hash": self.cfg.digest(),
-                "last_seq": self.outbox.last_seq,
-                "health": health,
-            }
-        ).model_dump_json(exclude_none=True)
+        return status_json(self.cfg, self.outbox, self.clock, state, health)
 
     def emit(self, stream: Stream, record: Any, urgent: bool) -> None:
         """agent.runtime's ``_emit``, counting what enters the outbox."""
