@@ -13,17 +13,14 @@ one would have been too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import getpass
-import random
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,12 +31,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.buffer.outbox import Outbox
-from agent.clock import Clock
 from agent.config import MqttConfig, TlsConfig
-from agent.messages import Batch, Status
-from agent.uplink import Uplink
+from agent.messages import Batch
 from simulators.broker import Mosquitto, free_port
 from tests.support.pki import CertKey, Pki
+from tests.support.uplinks import run_uplink
 from tests.support.waiting import until
 from tests.test_uplink_bridge import position
 
@@ -484,34 +480,6 @@ def test_plain_tcp_to_the_tls_port_fails(broker: ExampleBroker) -> None:
 
 
 # -- the agent -----------------------------------------------------------------
-
-
-def run_uplink(
-    device: str, cfg: MqttConfig, outbox: Outbox, done: Callable[[Uplink], bool], timeout: float
-) -> Uplink:
-    """The agent's Uplink until ``done(uplink)`` or the deadline."""
-    status = Status(device=device, state="online").model_dump_json()
-    uplink = Uplink(
-        cfg,
-        device,
-        outbox,
-        Clock("system", synced=lambda: True),
-        birth=lambda: status,
-        will=lambda: status,
-        rng=random.Random(0),
-    )
-
-    async def main() -> None:
-        task = asyncio.create_task(uplink.run())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not done(uplink):
-            await asyncio.sleep(0.02)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
-    return uplink
 
 
 def seqs(bridge: Peer, device: str) -> list[int]:

@@ -44,9 +44,12 @@ def openssl(*args: str, cwd: Path) -> None:
 class Pki:
     """One CA in ``directory``; ``server()`` and ``client()`` issue certificates from it."""
 
-    def __init__(self, directory: Path, name: str = "test-ca", days: int = 2) -> None:
+    def __init__(
+        self, directory: Path, name: str = "test-ca", days: int = 2, rsa: bool = False
+    ) -> None:
         self.dir = directory
         self.days = days
+        self.rsa = rsa  # RSA 2048 instead of EC P-256 (bigger records on the wire)
         directory.mkdir(parents=True, exist_ok=True)
         self._key(f"{name}.key")
         (directory / f"{name}.cnf").write_text(_CA_CNF)
@@ -70,16 +73,10 @@ class Pki:
         self.ca = CertKey(directory / f"{name}.crt", directory / f"{name}.key")
 
     def _key(self, file: str) -> Path:
-        openssl(
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            file,
-            cwd=self.dir,
-        )
+        algorithm = ["RSA", "-pkeyopt", "rsa_keygen_bits:2048"]
+        if not self.rsa:
+            algorithm = ["EC", "-pkeyopt", "ec_paramgen_curve:P-256"]
+        openssl("genpkey", "-algorithm", *algorithm, "-out", file, cwd=self.dir)
         path = self.dir / file
         path.chmod(0o600)
         return path
