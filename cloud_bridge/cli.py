@@ -134,7 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.no_webhooks:
         from cloud_bridge.webhooks import Dispatcher, WebhookQueue
 
-        hooks_store = BridgeStore(args.db, busy_timeout_s=args.busy_timeout)
+        hooks_store = BridgeStore(args.db, busy_timeout_s=args.busy_timeout, migrated=True)
         dispatcher = Dispatcher(
             WebhookQueue(hooks_store.db),
             backoff_min_s=min(2.0, args.webhook_backoff_max),
@@ -147,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.http:
         from cloud_bridge.api import ApiSettings, create_app
 
-        api_store = BridgeStore(args.db, busy_timeout_s=args.busy_timeout)
+        api_store = BridgeStore(args.db, busy_timeout_s=args.busy_timeout, migrated=True)
         app = create_app(
             api_store,
             bridge.publish_downlink,

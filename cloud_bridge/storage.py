@@ -134,10 +134,14 @@ def _parse_utc(value: Any) -> datetime | None:
 class BridgeStore:
     """The bridge's database: ingest on one side, queries for the API on the other."""
 
-    def __init__(self, url: str | Path, busy_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, url: str | Path, busy_timeout_s: float = 5.0, migrated: bool = False
+    ) -> None:
+        """``migrated``: another handle of this process has brought the schema up to date."""
         self.url = str(url)
         self.db = Database(self.url, busy_timeout_s=busy_timeout_s)
-        migrate(self.db)
+        if not migrated:
+            migrate(self.db)
 
     @property
     def dialect(self) -> str:

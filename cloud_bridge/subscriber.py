@@ -105,17 +105,8 @@ class Bridge:
         now = time.time() if received_at is None else received_at
         with self._lock:
             try:
-                try:
-                    try:
-                        self._handle(topic, payload, now, retained)
-                    except UnstorableData as exc:
-                        raise Rejected("unstorable", str(exc)) from None
-                    except (Rejected, StorageError):
-                        raise
-                    except Exception as exc:  # a bug of ours must not stop the stream
-                        log.exception("internal error on %r", topic[:120])
-                        raise Rejected("internal_error", f"{type(exc).__name__}: {exc}") from None
-                except Rejected as rej:
+                rej = self._judge(topic, payload, now, retained)
+                if rej is not None:
                     self.counts[f"rejected.{rej.reason}"] += 1
                     self._log_reject(topic, rej, now)
                     self.store.store_reject(topic, rej.reason, rej.detail, len(payload), now)
@@ -126,6 +117,21 @@ class Bridge:
                 self.fatal = f"storage failed: {exc}"
                 log.critical("%s; exiting so the broker redelivers", self.fatal)
                 raise
+
+    def _judge(self, topic: str, payload: bytes, now: float, retained: bool) -> Rejected | None:
+        """Store the message, or say why it is rejected; only a storage failure raises."""
+        try:
+            self._handle(topic, payload, now, retained)
+        except Rejected as rej:
+            return rej
+        except UnstorableData as exc:
+            return Rejected("unstorable", str(exc))
+        except StorageError:
+            raise
+        except Exception as exc:  # a bug of ours must not stop the stream
+            log.exception("internal error on %r", topic[:120])
+            return Rejected("internal_error", f"{type(exc).__name__}: {exc}")
+        return None
 
     def _log_reject(self, topic: str, rej: Rejected, now: float) -> None:
         """Once per reason a minute, with how many more there were: a flood stays readable."""

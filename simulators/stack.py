@@ -303,18 +303,21 @@ class Stack:
         return int(rows[0][0]) if rows else 0
 
     def bridge_seqs(self) -> list[tuple[str, int]]:
-        """(stream, seq) of the device's records in arrival order."""
-        return [
-            (str(s), int(q))
-            for s, q in self._query(
-                self.bridge_db,
-                "SELECT stream, seq FROM ("
-                "SELECT 'telemetry' AS stream, seq, received_at, device FROM positions "
-                "UNION ALL SELECT 'telemetry', seq, received_at, device FROM obd "
-                "UNION ALL SELECT 'events', seq, received_at, device FROM events"
-                f") WHERE device = '{self.device}' ORDER BY received_at, seq",
-            )
-        ]
+        """(stream, seq) of the device's records in arrival order (SQLite bridge)."""
+        from cloud_bridge.storage import BridgeStore, StorageError
+
+        if not self.bridge_db.exists():
+            return []
+        try:
+            store = BridgeStore(self.bridge_db, migrated=True)
+        except (StorageError, sqlite3.Error):  # busy while the bridge creates it
+            return []
+        try:
+            return [(s, q) for s, _, q in store.arrival_order(self.device)]
+        except StorageError:
+            return []  # the bridge has not created its tables yet
+        finally:
+            store.close()
 
     def wait_sim_done(self, timeout: float) -> None:
         assert self.sim is not None
