@@ -134,6 +134,14 @@ class MqttConfig(_Section):
         10, description="publishes awaiting PUBACK at once"
     )
     batch_max: Annotated[int, Field(ge=1, le=500)] = 50
+    encoding: Literal["c1", "json"] = Field(
+        "c1", description="telemetry and events payloads: c1 = columnar + zlib, json = plain"
+    )
+    telemetry_hold_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        30.0,
+        description="hold routine telemetry until this old (or batch_max waiting) to send it "
+        "in one batch; events, requested positions and impacts go at once",
+    )
     live_lane_after: Annotated[int, Field(ge=0)] = Field(
         500, description="backlog size above which new records get every other publish"
     )

@@ -369,9 +369,9 @@ class Agent:
             )
         if cmd.name == "flush":
             # Everything buffered goes to the outbox's committed rows and the
-            # uplink sends at once instead of at its next tick.
+            # uplink sends it at once, held telemetry included.
             self.outbox.commit()
-            self.uplink.wake()
+            self.uplink.flush()
             return Answer("done", cmd.id, cmd.name, data={"waiting": self.outbox.depth()})
         if cmd.name == "apply_config":
             payload = json.dumps(cmd.args).encode()

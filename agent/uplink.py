@@ -9,6 +9,10 @@ around it:
 * a bounded in-flight window fed from the outbox, oldest first, the
   ``events`` stream before ``telemetry``; rows leave the outbox only on a
   successful PUBACK (see agent.buffer.outbox);
+* cellular thrift: routine telemetry is held until ``telemetry_hold_s`` old
+  (or a full batch) and goes in one ``c1`` payload (agent.compact); events,
+  requested positions and impacts go at once, and take held telemetry along
+  (the radio is awake anyway);
 * a retained birth on ``status`` and a retained last-will, TLS and
   per-device credentials when configured.
 
@@ -40,6 +44,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent import compact
 from agent.backoff import Backoff
 from agent.buffer.outbox import Outbox
 from agent.buffer.send_order import SendOrder
@@ -109,14 +114,25 @@ class Uplink:
         self._order = {s: SendOrder(cfg.live_lane_after) for s in STREAMS}
         self._status_at = 0.0
         self._hold_until = 0.0  # after a broker rejection, wait before re-sending
+        self._held_since: float | None = None  # routine telemetry waiting for a fuller batch
+        self._flush = False  # send held telemetry at the next fill
         self._wake = asyncio.Event()
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = self._make_client()
-        self._json: Properties | None = None  # MQTT 5: content type on every publish
-        if cfg.protocol == "5":
-            self._json = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            self._json.ContentType = "application/json"
+        # MQTT 5: a content type on every publish (3.1.1: the bridge tells c1
+        # from JSON by its first byte).
+        self._json = self._content_type("application/json")
+        self._batch_type = self._content_type(
+            compact.CONTENT_TYPE if cfg.encoding == "c1" else "application/json"
+        )
+
+    def _content_type(self, value: str) -> Properties | None:
+        if self.cfg.protocol != "5":
+            return None
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ContentType = value
+        return props
 
     # -- paho client -------------------------------------------------------
 
@@ -304,9 +320,26 @@ class Uplink:
         """New rows were committed: look for something to send."""
         self._wake.set()
 
+    def flush(self) -> None:
+        """Send held telemetry now (a requested position, a ``flush`` command)."""
+        self._flush = True
+        self._wake.set()
+
+    def _hold(self, stream: Stream, lane: str, rows: int) -> bool:
+        """True to keep a part batch of routine telemetry back for now."""
+        if stream != "telemetry" or lane == "priority" or rows >= self.cfg.batch_max:
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        return not self._flush and now - self._held_since < self.cfg.telemetry_hold_s
+
     def _fill_window(self) -> None:
         """Publish while the window has room: events first, then telemetry (see SendOrder)."""
+        published = self.stats.publishes
         for stream in ("events", "telemetry"):
+            if stream == "telemetry" and self.stats.publishes > published:
+                self._flush = True  # events just went: held telemetry rides along
             order = self._order[stream]
             while len(self._inflight) < self.cfg.inflight:
                 rows: list[tuple[int, str]] = []
@@ -322,19 +355,29 @@ class Uplink:
                     if rows:
                         break
                     order.exhausted(lane)
-                if not rows or not self._publish(stream, rows, lane):
+                if not rows:
+                    if stream == "telemetry":
+                        self._flush, self._held_since = False, None
+                    break
+                if self._hold(stream, lane, len(rows)) or not self._publish(stream, rows, lane):
                     break
                 order.sent(lane, rows[-1][0])
+                if stream == "telemetry" and lane != "priority":
+                    self._held_since = None
 
     def _publish(self, stream: Stream, rows: list[tuple[int, str]], lane: str) -> bool:
         """Hand one batch to paho; False when paho did not keep it (try again later)."""
-        payload = batch_json(
-            self.device,
-            self.outbox.epoch,
-            self.clock.now(),
-            [with_seq(body, seq) for seq, body in rows],
+        sent = self.clock.now()
+        payload: str | bytes
+        if self.cfg.encoding == "c1":
+            payload = compact.encode(self.device, self.outbox.epoch, sent, rows)
+        else:
+            payload = batch_json(
+                self.device, self.outbox.epoch, sent, [with_seq(body, seq) for seq, body in rows]
+            )
+        info = self._client.publish(
+            self._topic(stream), payload, qos=1, properties=self._batch_type
         )
-        info = self._client.publish(self._topic(stream), payload, qos=1, properties=self._json)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             # Not kept by paho (e.g. message ids exhausted): the rows stay
             # unsent and are offered again on the next wake.

@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 
+from agent import compact
 from agent.messages import (
     MAX_PAYLOAD_BYTES,
     Batch,
@@ -173,7 +174,7 @@ class Bridge:
             return
         if name not in ("telemetry", "events"):
             raise Rejected("foreign_topic", topic)
-        batch = _validate(Batch, payload)
+        batch = _batch(payload)
         if batch.device != device:
             raise Rejected("device_mismatch", f"topic {device!r}, payload {batch.device!r}")
         wrong = [r.seq for r in batch.records if isinstance(r, Event) != (name == "events")]
@@ -289,3 +290,15 @@ def _validate(model: type[M], payload: bytes) -> M:
     except ValidationError as exc:
         kind = "invalid_json" if exc.errors()[0]["type"] == "json_invalid" else "invalid_schema"
         raise Rejected(kind, validation_reason(exc)) from None
+
+
+def _batch(payload: bytes) -> Batch:
+    """A Batch from either encoding: c1 is decoded, then validated like JSON."""
+    if not compact.is_compact(payload):
+        return _validate(Batch, payload)
+    try:
+        return compact.parse_batch(payload)
+    except compact.CompactError as exc:
+        raise Rejected("invalid_compact", str(exc)) from None
+    except ValidationError as exc:
+        raise Rejected("invalid_schema", validation_reason(exc)) from None

@@ -35,7 +35,7 @@ from typing import Any
 
 from agent.buffer.outbox import Outbox, OutboxError
 from agent.clock import Clock
-from agent.config import AgentConfig
+from agent.config import AgentConfig, MqttConfig
 from agent.geofence.model import ZoneSet
 from agent.gps.fix import Fix, FixMode
 from agent.messages import EventData, Stream, record_body
@@ -384,13 +384,18 @@ async def run_fleet_async(
     if max_fixes is not None:
         steps = min(steps, max_fixes)
     schedule = (engine_schedule(scen, drive), lap_s) if engine else None
+    # The telemetry hold is wall time: scaled with the drive's speed-up, none
+    # for a backlog (its tail would otherwise wait a full hold).
+    hold = 0.0 if speedup is None else MqttConfig().telemetry_hold_s / speedup
     vans: list[_Van] = []
     tasks: list[asyncio.Task[None]] = []
     result = FleetResult([], start)
     try:
         for number in range(first_number, first_number + devices):
             device = id_format.format(number)
-            cfg = _config(device, workdir, host, port, prefix, mqtt or {})
+            cfg = _config(
+                device, workdir, host, port, prefix, {"telemetry_hold_s": hold, **(mqtt or {})}
+            )
             vans.append(_Van(cfg, Variant.of(number, lap_s), start, schedule))
         fixes = [variant_fixes(scen, drive, van.variant, start, steps) for van in vans]
         began = time.monotonic()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from agent.config import MqttConfig
 from simulators.broker import Mosquitto, free_port, wait_for
 
 BIN = Path(sys.executable).parent
@@ -249,6 +250,8 @@ class Stack:
             f'[buffer]\npath = "{self.outbox_db}"\ncommit_interval_s = 0.5\n\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
             "backoff_min_s = 0.5\nbackoff_max_s = 4.0\n"
+            # The hold is wall time: the default's share of the simulated drive.
+            f"telemetry_hold_s = {MqttConfig().telemetry_hold_s / self.speed:g}\n"
             + (
                 f"status_interval_s = {self.status_interval_s}\n"
                 if self.status_interval_s is not None

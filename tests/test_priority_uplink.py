@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.buffer.outbox import Outbox
+from agent.compact import parse_batch
 from agent.messages import EventData, record_body
 from simulators.broker import Mosquitto, wait_for
 from tests.test_uplink_bridge import DEVICE, T0, broker, make_uplink, position, running, until
@@ -35,7 +35,7 @@ class Arrivals:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith(("/telemetry", "/events")):
-            records = json.loads(msg.payload)["records"]
+            records = [r.model_dump() for r in parse_batch(msg.payload).records]
             self.firsts.append(records[0])
             self.records += len(records)
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import random
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent import compact
 from agent.buffer.outbox import Outbox
 from agent.clock import Clock
 from agent.config import MqttConfig
@@ -81,6 +83,9 @@ async def until(cond, timeout: float, what, detail=lambda: "") -> None:  # type:
 
 
 def make_uplink(outbox: Outbox, port: int, **kw: object) -> Uplink:
+    # These tests are about delivery, not batching: no telemetry hold unless
+    # a test asks (test_telemetry_hold_* cover it).
+    kw = {"telemetry_hold_s": 0.0, **kw}
     cfg = MqttConfig(host="127.0.0.1", port=port, backoff_min_s=0.2, backoff_max_s=1.0, **kw)  # type: ignore[arg-type]
     clock = Clock("system", synced=lambda: True)
     return Uplink(
@@ -94,16 +99,18 @@ def make_uplink(outbox: Outbox, port: int, **kw: object) -> Uplink:
     )
 
 
-@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+@pytest.mark.parametrize(("protocol", "encoding"), [("5", "c1"), ("3.1.1", "c1"), ("5", "json")])
 def test_backlog_reaches_bridge_and_leaves_outbox(
-    tmp_path: Path, broker: Mosquitto, bridge: Bridge, protocol: str
+    tmp_path: Path, broker: Mosquitto, bridge: Bridge, protocol: str, encoding: str
 ) -> None:
     outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
     for i in range(250):
         outbox.add("telemetry", position(i))
     outbox.add("events", record_body(EventData(ts=T0, type="agent_started")))
     outbox.commit()
-    uplink = make_uplink(outbox, broker.port, protocol=protocol, batch_max=20, inflight=3)
+    uplink = make_uplink(
+        outbox, broker.port, protocol=protocol, encoding=encoding, batch_max=20, inflight=3
+    )
 
     async def scenario() -> None:
         async with running(uplink):
@@ -256,13 +263,20 @@ def test_bridge_rejects_and_counts_bad_payloads(tmp_path: Path) -> None:
     br.handle("fleet/van-7/telemetry", b"x" * 300_000)
     br.handle("other/van-7/telemetry", good.encode())
     br.handle("fleet/van-7/events", good.encode())  # a position on the events stream
+    epoch = "0123456789abcdef0123456789abcdef"
+    c1 = compact.encode("van-7", epoch, None, [(2, position(2))])
+    br.handle("fleet/van-7/telemetry", c1)  # the compact encoding of a good batch
+    br.handle("fleet/van-7/telemetry", c1[:-4])  # cut short
+    br.handle("fleet/van-7/telemetry", zlib.compress(b"\0" * 2_000_000))  # deflate bomb
+    br.handle("fleet/van-7/telemetry", compact.encode("van-7", epoch, None, [(3, "{}")]))
     assert br.counts == {
-        "stored": 1,
+        "stored": 2,
         "duplicates": 1,
-        "batches": 2,
+        "batches": 3,
+        "rejected.invalid_compact": 2,
         "rejected.device_mismatch": 1,
         "rejected.invalid_json": 1,
-        "rejected.invalid_schema": 1,
+        "rejected.invalid_schema": 2,
         "rejected.oversized": 1,
         "rejected.foreign_topic": 1,
         "rejected.wrong_stream": 1,
@@ -270,12 +284,13 @@ def test_bridge_rejects_and_counts_bad_payloads(tmp_path: Path) -> None:
     assert store.reject_counts() == {
         "device_mismatch": 1,
         "foreign_topic": 1,
+        "invalid_compact": 2,
         "invalid_json": 1,
-        "invalid_schema": 1,
+        "invalid_schema": 2,
         "oversized": 1,
         "wrong_stream": 1,
     }
-    assert [r["seq"] for r in store.records("van-7")] == [1]
+    assert [r["seq"] for r in store.records("van-7")] == [1, 2]
 
 
 def test_cancel_always_stops_the_uplink(tmp_path: Path) -> None:
@@ -304,3 +319,65 @@ def test_cancel_always_stops_the_uplink(tmp_path: Path) -> None:
             assert done, "uplink ignored cancel()"
 
     asyncio.run(scenario())
+
+
+def test_telemetry_is_held_for_one_batch_and_events_take_it_along(
+    tmp_path: Path, broker: Mosquitto, bridge: Bridge
+) -> None:
+    """A part batch of positions waits for the hold; an event sends it at once."""
+    outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
+    hold = 1.5
+    uplink = make_uplink(outbox, broker.port, telemetry_hold_s=hold)
+
+    async def scenario() -> None:
+        async with running(uplink):
+            await until(lambda: uplink.stats.connected, 10, "uplink connected")
+            for i in range(5):
+                outbox.add("telemetry", position(i))
+            outbox.commit()
+            uplink.wake()
+            committed = time.monotonic()
+            await until(lambda: bridge.counts["stored"] == 5, 10, "the held batch")
+            assert time.monotonic() - committed >= hold
+            assert bridge.counts["batches"] == 1  # five positions, one publish
+
+            uplink.cfg = uplink.cfg.model_copy(update={"telemetry_hold_s": 3600.0})
+            for i in range(5, 8):
+                outbox.add("telemetry", position(i))
+            outbox.commit()
+            uplink.wake()
+            outbox.add("events", record_body(EventData(ts=T0, type="harsh_braking")))
+            outbox.commit()
+            uplink.wake()
+            # An hour's hold, yet the positions arrive with the event.
+            await until(lambda: bridge.counts["stored"] == 9, 10, "event and positions")
+
+    asyncio.run(scenario())
+    assert bridge.counts["batches"] == 3
+
+
+def test_a_full_batch_goes_at_once_and_flush_sends_the_rest(
+    tmp_path: Path, broker: Mosquitto, bridge: Bridge
+) -> None:
+    outbox = Outbox(tmp_path / "outbox.sqlite", DEVICE)
+    uplink = make_uplink(outbox, broker.port, telemetry_hold_s=3600.0, batch_max=10)
+
+    async def scenario() -> None:
+        async with running(uplink):
+            await until(lambda: uplink.stats.connected, 10, "uplink connected")
+            for i in range(25):
+                outbox.add("telemetry", position(i))
+            outbox.commit()
+            uplink.wake()
+            await until(lambda: bridge.counts["stored"] == 20, 10, "two full batches")
+            assert uplink.stats.publishes == 2 and outbox.waiting("telemetry", 20) == (5, 25)
+            uplink.flush()  # the `flush` command
+            await until(lambda: bridge.counts["stored"] == 25, 10, "the held five")
+            # A requested position (priority) is never held.
+            outbox.add("telemetry", position(25), priority=True)
+            outbox.commit()
+            uplink.wake()
+            await until(lambda: bridge.counts["stored"] == 26, 10, "the requested position")
+
+    asyncio.run(scenario())
+    assert uplink.stats.publishes == 4

@@ -21,6 +21,7 @@ import pytest
 import xmlschema
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.compact import parse_batch
 from agent.messages import Batch, Position
 from cloud_bridge.storage import BridgeStore
 from simulators.broker import free_port
@@ -58,7 +59,7 @@ def _tap(port: int, into: list[Batch]) -> mqtt.Client:
 
     def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with lock:
-            into.append(Batch.model_validate_json(msg.payload))
+            into.append(parse_batch(msg.payload))
 
     client.on_message = on_message
     client.connect("127.0.0.1", port)

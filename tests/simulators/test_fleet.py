@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from agent.compact import parse_batch
 from agent.messages import Batch, Event, Position, Status
 from simulators.broker import Mosquitto
 from simulators.fleet import FleetResult, Variant, run_fleet
@@ -51,7 +52,7 @@ class Watcher:
         for topic, payload in got:
             _, device, name = topic.split("/")
             if name != "status":
-                out.append((device, name, Batch.model_validate_json(payload)))
+                out.append((device, name, parse_batch(payload)))
         return out
 
     def statuses(self, device: str) -> list[Status]:

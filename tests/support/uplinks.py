@@ -22,10 +22,14 @@ def run_uplink(
     done: Callable[[Uplink], bool],
     timeout: float,
 ) -> Uplink:
-    """The Uplink until ``done(uplink)`` or ``timeout`` s; the outbox commits as the agent's does."""
+    """The Uplink until ``done(uplink)`` or ``timeout`` s; the outbox commits as the agent's does.
+
+    Telemetry goes out unheld: these tests are about delivery and security,
+    not batching (tests/test_uplink_bridge.py covers the hold).
+    """
     status = Status(device=device, state="online").model_dump_json()
     uplink = Uplink(
-        cfg,
+        cfg.model_copy(update={"telemetry_hold_s": 0.0}),
         device,
         outbox,
         Clock("system", synced=lambda: True),
