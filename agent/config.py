@@ -129,7 +129,9 @@ class MqttConfig(_Section):
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsConfig | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = Field(
+        60, description="MQTT keepalive: pings only when nothing else was sent this long"
+    )
     inflight: Annotated[int, Field(ge=1, le=1000)] = Field(
         10, description="publishes awaiting PUBACK at once"
     )
@@ -146,7 +148,8 @@ class MqttConfig(_Section):
         500, description="backlog size above which new records get every other publish"
     )
     status_interval_s: PositiveFloat = Field(
-        60.0, description="how often the retained online status (with health) is refreshed"
+        900.0,
+        description="how often the retained online status (with health, ~2 kB) is refreshed",
     )
     backoff_min_s: PositiveFloat = 1.0
     backoff_max_s: PositiveFloat = 60.0

@@ -95,6 +95,7 @@ class Uplink:
         on_downlink: Callable[[str, bytes], None] | None = None,
         ack_timeout_s: float = 60.0,
         tick_s: float = 1.0,
+        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -109,6 +110,7 @@ class Uplink:
         self._reject = Backoff(cfg.backoff_min_s, cfg.backoff_max_s, jitter=0.5, rng=rng)
         self._ack_timeout_s = ack_timeout_s
         self._tick_s = tick_s
+        self._mono = mono  # the telemetry hold's clock (a bench replays a drive at speed)
         self.stats = UplinkStats()
         self._inflight: dict[int, _InFlight] = {}
         self._order = {s: SendOrder(cfg.live_lane_after) for s in STREAMS}
@@ -329,7 +331,7 @@ class Uplink:
         """True to keep a part batch of routine telemetry back for now."""
         if stream != "telemetry" or lane == "priority" or rows >= self.cfg.batch_max:
             return False
-        now = time.monotonic()
+        now = self._mono()
         if self._held_since is None:
             self._held_since = now
         return not self._flush and now - self._held_since < self.cfg.telemetry_hold_s
