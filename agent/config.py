@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from agent.messages import DeviceId
 
 if TYPE_CHECKING:
+    from agent.buffer.trim import Caps
     from agent.imu.harsh import HarshConfig
     from agent.imu.processor import ImuProcessor
 
@@ -80,6 +81,42 @@ class BufferConfig(_Section):
     commit_interval_s: Annotated[float, Field(ge=0, le=10)] = Field(
         1.0, description="group-commit window: the most data a kill -9 or power cut can lose"
     )
+    max_mb: Annotated[float, Field(ge=1)] = Field(
+        64.0, description="soft cap: above it routine telemetry is thinned, oldest first"
+    )
+    hard_max_mb: Annotated[float, Field(ge=1)] = Field(
+        96.0, description="hard cap: above it the oldest records go, events included"
+    )
+    max_age_h: Annotated[float, Field(gt=0)] | None = Field(
+        168.0, description="routine telemetry older than this (before the newest) goes"
+    )
+    thin_keep_every: Annotated[int, Field(ge=2, le=100)] = Field(
+        4, description="thinning keeps every Nth routine record of the oldest stretch"
+    )
+    reserve_mb: Annotated[float, Field(ge=0)] = Field(
+        32.0, description="free space kept on the buffer's filesystem; the soft cap gives way"
+    )
+
+    @model_validator(mode="after")
+    def _cap_order(self) -> BufferConfig:
+        if self.hard_max_mb < self.max_mb:
+            raise ValueError(
+                f"buffer.hard_max_mb ({self.hard_max_mb:g}) must not be below "
+                f"buffer.max_mb ({self.max_mb:g})"
+            )
+        return self
+
+    def caps(self) -> Caps:
+        from agent.buffer.trim import Caps
+
+        mb = 1024 * 1024
+        return Caps(
+            soft_bytes=int(self.max_mb * mb),
+            hard_bytes=int(self.hard_max_mb * mb),
+            max_age_s=None if self.max_age_h is None else self.max_age_h * 3600,
+            keep_every=self.thin_keep_every,
+            reserve_bytes=int(self.reserve_mb * mb),
+        )
 
 
 class TlsConfig(_Section):

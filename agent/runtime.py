@@ -55,6 +55,7 @@ from agent.obd.reader import Stamped
 from agent.obd.service import ObdService
 from agent.pipeline import ImuClock, Pipeline, geofence_detector
 from agent.remote_config import ConfigGate, Decision
+from agent.sdnotify import Notifier, WatchdogPinger
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ log = logging.getLogger(__name__)
 RESTART_AFTER_RESULT_S = 5.0
 #: Command ids remembered (with their answers) so a redelivered command is not run twice.
 ANSWERS_KEPT = 50
+
+
+#: At most one buffer_trimmed event this often (seconds); it sums what went meanwhile.
+TRIM_EVENT_S = 300.0
 
 
 def started_event(cfg: AgentConfig, ts: datetime, gps_source: str) -> EventData:
@@ -118,12 +123,20 @@ class Agent:
         mono: Callable[[], float] = time.monotonic,
         obd_link: ObdLink | None = None,
         imu_source: ImuSource | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.cfg = cfg
+        # systemd (Type=notify): READY once running, WATCHDOG from the committer's
+        # loop, so a hung event loop stops the pings and systemd restarts us.
+        self.notifier = notifier or Notifier(None)
+        self._pinger = WatchdogPinger(self.notifier)
         self.source = source
         self.clock = clock or Clock(cfg.clock.source)
         self.outbox = Outbox(
-            cfg.buffer.path, cfg.device.id, commit_interval_s=cfg.buffer.commit_interval_s
+            cfg.buffer.path,
+            cfg.device.id,
+            commit_interval_s=cfg.buffer.commit_interval_s,
+            caps=cfg.buffer.caps(),
         )
         self.zones = self._initial_zones()
         self.config_gate = ConfigGate()
@@ -177,6 +190,15 @@ class Agent:
         self._mono = mono
         self.started_mono = mono()
         self._untimed.append((self.started_mono, self._started_event))
+        if self.outbox.quarantined is not None:
+            note = self.outbox.quarantined
+            self._untimed.append(
+                (
+                    self.started_mono,
+                    lambda ts: EventData(ts=ts, type="buffer_quarantined", data={"file": note}),
+                )
+            )
+        self._trim_told = -TRIM_EVENT_S
 
     # -- configuration pushed from the cloud -----------------------------------
 
@@ -466,8 +488,14 @@ class Agent:
             "gps": self.source.status(),
             **({"obd": self._obd_health()} if self.obd is not None else {}),
             "imu": self._imu_health(),
-            "outbox": {**self.outbox.depth(), "dropped": self.outbox.dropped},
+            "outbox": {
+                **self.outbox.depth(),
+                "dropped": self.outbox.dropped,
+                "used_mb": round(self.outbox.used_bytes() / 1048576, 2),
+                **self.outbox.trimmed,
+            },
             "outbox_error": self.outbox.last_error,
+            **({"outbox_quarantined": self.outbox.quarantined} if self.outbox.quarantined else {}),
             "uplink": self.uplink.status(),
         }
 
@@ -491,7 +519,7 @@ class Agent:
 
     def _emit(self, stream: Stream, record: Any, urgent: bool = False) -> None:
         priority = isinstance(record, EventData) and record.type == "impact"
-        self.outbox.add(stream, record_body(record), priority=priority)
+        self.outbox.add(stream, record_body(record), priority=priority, ts=record.ts.timestamp())
         if urgent and self.outbox.commit():
             self.uplink.wake()
 
@@ -521,9 +549,32 @@ class Agent:
         tick = max(0.05, min(0.25, self.cfg.buffer.commit_interval_s / 4))
         while True:
             await asyncio.sleep(tick)
+            self._pinger.tick()
             self._release_untimed()
             if self.outbox.commit_due() and self.outbox.commit():
                 self.uplink.wake()
+            self._tell_trimmed()
+
+    def _tell_trimmed(self) -> None:
+        """One ``buffer_trimmed`` event per TRIM_EVENT_S for what the caps removed."""
+        now = self._mono()
+        if now - self._trim_told < TRIM_EVENT_S:
+            return
+        done = self.outbox.take_trimmed()
+        if done is None:
+            return
+        self._trim_told = now
+        data = {
+            "expired": done.expired,
+            "thinned": done.thinned,
+            "dropped": done.dropped,
+            "dropped_events": done.dropped_events,
+            "first_seq": done.seqs[0],
+            "last_seq": done.seqs[-1],
+            "keep_every": self.cfg.buffer.thin_keep_every,
+        }
+        self._untimed.append((now, lambda ts: EventData(ts=ts, type="buffer_trimmed", data=data)))
+        self._release_untimed()
 
     async def run(self) -> None:
         self._run_task = asyncio.current_task()
@@ -543,12 +594,15 @@ class Agent:
             tasks.append(asyncio.create_task(self.obd.run(), name="obd"))
         if self.imu_source is not None:
             tasks.append(asyncio.create_task(self._read_imu(), name="imu"))
+        # Ready without waiting for the broker: an offline van is still working.
+        self.notifier.ready(f"device {self.cfg.device.id}")
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # a source that ends (file replay) just finishes
             await asyncio.gather(*tasks)
         finally:
+            self.notifier.stopping()
             self._stopping = True
             for task in tasks:
                 task.cancel()

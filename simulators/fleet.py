@@ -194,7 +194,10 @@ class _Van:
         # engine state, so idles and engine-off trip ends happen as on a real van.
         self.engine = engine
         self.outbox = Outbox(
-            cfg.buffer.path, cfg.device.id, commit_interval_s=cfg.buffer.commit_interval_s
+            cfg.buffer.path,
+            cfg.device.id,
+            commit_interval_s=cfg.buffer.commit_interval_s,
+            caps=cfg.buffer.caps(),
         )
         self.first_seq = self.outbox.last_seq + 1
         self.counts: dict[str, int] = {"telemetry": 0, "events": 0}
@@ -243,7 +246,7 @@ class _Van:
     def emit(self, stream: Stream, record: Any, urgent: bool) -> None:
         """agent.runtime's ``_emit``, counting what enters the outbox."""
         priority = isinstance(record, EventData) and record.type == "impact"
-        self.outbox.add(stream, record_body(record), priority=priority)
+        self.outbox.add(stream, record_body(record), priority=priority, ts=record.ts.timestamp())
         self.counts[stream] += 1
         if urgent and self.outbox.commit():
             self.uplink.wake()
