@@ -33,6 +33,7 @@ from agent.config import (
 from agent.geofence.model import ZoneError as ZoneFileError
 from agent.messages import batch_json, record_body, with_seq
 from agent.pipeline import Output
+from agent.sdnotify import Notifier
 
 EXIT_CONFIG = 2
 
@@ -252,7 +253,7 @@ def _run(cfg: AgentConfig) -> int:
         level=cfg.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        agent = Agent(cfg, gps_source(cfg.gps))
+        agent = Agent(cfg, gps_source(cfg.gps), notifier=Notifier.from_env())
     except (ValueError, OSError) as exc:
         raise ConfigError(f"cannot start with this configuration: {exc}") from exc
 
