@@ -135,6 +135,11 @@ class DeviceResult:
     fixes: int
     outbox_empty: bool = False
     dropped: int = 0
+    # The buffer's caps at work: what they removed, the most the outbox held,
+    # and what waited per stream when generation ended (speedup None).
+    trimmed: dict[str, int] = field(default_factory=dict)
+    peak_used_mb: float = 0.0
+    backlog: dict[str, int] = field(default_factory=dict)
     north_m: float = 0.0
     east_m: float = 0.0
     phase_s: float = 0.0
@@ -202,6 +207,8 @@ class _Van:
         self.first_seq = self.outbox.last_seq + 1
         self.counts: dict[str, int] = {"telemetry": 0, "events": 0}
         self.fixes = 0
+        self.peak_used = 0
+        self.backlog: dict[str, int] = {}
         self.clock = Clock("system")
         self.pipeline = Pipeline(
             cfg.sampler,
@@ -264,8 +271,12 @@ class _Van:
         outputs.extend(self.pipeline.feed_fix(fix))
         for stream, record in outputs:
             self.emit(stream, record, urgent=live and stream == "events")
-        if not live and self.fixes % 5000 == 0:
-            self.outbox.commit()  # stay far below the outbox's in-memory limit
+        if not live and self.fixes % 600 == 0:
+            self.commit()  # ten minutes of drive: the caps act as they would live
+
+    def commit(self) -> None:
+        self.outbox.commit()
+        self.peak_used = max(self.peak_used, self.outbox.used_bytes())
 
     def result(self) -> DeviceResult:
         depth = self.outbox.depth()
@@ -279,6 +290,9 @@ class _Van:
             fixes=self.fixes,
             outbox_empty=not any(depth.values()),
             dropped=self.outbox.dropped,
+            trimmed=dict(self.outbox.trimmed),
+            peak_used_mb=round(self.peak_used / 1048576, 3),
+            backlog=self.backlog,
             north_m=round(v.north_m, 1),
             east_m=round(v.east_m, 1),
             phase_s=round(v.phase_s, 1),
@@ -286,13 +300,19 @@ class _Van:
 
 
 def _config(
-    device: str, workdir: Path, host: str, port: int, prefix: str, mqtt: Mapping[str, Any]
+    device: str,
+    workdir: Path,
+    host: str,
+    port: int,
+    prefix: str,
+    mqtt: Mapping[str, Any],
+    buffer: Mapping[str, Any],
 ) -> AgentConfig:
     """The agent's defaults, with this van's id, outbox and broker."""
     return AgentConfig.model_validate(
         {
             "device": {"id": device},
-            "buffer": {"path": workdir / device / "outbox.db"},
+            "buffer": {"path": workdir / device / "outbox.db", **buffer},
             "mqtt": {"host": host, "port": port, "topic_prefix": prefix, **mqtt},
         }
     )
@@ -362,6 +382,7 @@ async def run_fleet_async(
     start_utc: datetime | None = None,
     connect_timeout: float = 30.0,
     mqtt: Mapping[str, Any] | None = None,
+    buffer: Mapping[str, Any] | None = None,
     engine: bool = True,
 ) -> FleetResult:
     """Drive ``devices`` vans and publish until every outbox is empty (or the timeout).
@@ -370,7 +391,8 @@ async def run_fleet_async(
     as fast as the broker takes it; a number releases fixes in simulated time
     that many times faster than real time.  The drive is one round of the
     scenario unless ``minutes`` or ``max_fixes`` cut it.  ``mqtt`` overrides
-    ``[mqtt]`` keys of the agent's config (inflight, batch_max ...).  Each
+    ``[mqtt]`` keys of the agent's config (inflight, batch_max ...), ``buffer``
+    its ``[buffer]`` caps (max_mb ...).  Each
     van's uplink joins its paho thread in the loop's default executor when it
     stops: on a loop of your own, give that executor a thread per van (as
     :func:`run_fleet` does) or stopping a large fleet takes seconds.
@@ -396,9 +418,8 @@ async def run_fleet_async(
     try:
         for number in range(first_number, first_number + devices):
             device = id_format.format(number)
-            cfg = _config(
-                device, workdir, host, port, prefix, {"telemetry_hold_s": hold, **(mqtt or {})}
-            )
+            mqtt_keys = {"telemetry_hold_s": hold, **(mqtt or {})}
+            cfg = _config(device, workdir, host, port, prefix, mqtt_keys, buffer or {})
             vans.append(_Van(cfg, Variant.of(number, lap_s), start, schedule))
         fixes = [variant_fixes(scen, drive, van.variant, start, steps) for van in vans]
         began = time.monotonic()
@@ -406,7 +427,8 @@ async def run_fleet_async(
             for van, it in zip(vans, fixes, strict=True):
                 for fix in it:
                     van.feed(fix, live=False)
-                van.outbox.commit()
+                van.commit()
+                van.backlog = {k: v for k, v in van.outbox.depth().items() if v}
         result.generate_seconds = time.monotonic() - began
         began = time.monotonic()
         tasks = [asyncio.create_task(v.uplink.run(), name=v.cfg.device.id) for v in vans]
