@@ -202,3 +202,39 @@ def test_sqlite_rejects_what_quick_check_rejects(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(path).execute("PRAGMA quick_check").fetchone()
         raise AssertionError("quick_check passed a half file")  # pragma: no cover
+
+
+def test_the_agent_tells_the_backend_what_the_caps_removed(tmp_path: Path) -> None:
+    cfg = parse_config(
+        {
+            "device": {"id": "van-1"},
+            "gps": {"source": "file", "path": str(tmp_path / "none.nmea")},
+            "buffer": {
+                "path": str(tmp_path / "o.sqlite"),
+                "max_mb": 1,
+                "hard_max_mb": 2,
+                "reserve_mb": 0,
+            },
+        },
+        {},
+    )
+    agent = Agent(cfg, gps_source(cfg.gps), clock=Clock("system", synced=lambda: True))
+    for i in range(8000):  # about 2 MB of positions
+        ts = T0 + timedelta(seconds=i)
+        agent._emit("telemetry", PositionData(ts=ts, lat=52.0, lon=5.0, mode=3, reason="periodic"))
+        if i % 60 == 59:
+            agent.outbox.commit()
+    agent._tell_trimmed()
+    agent._tell_trimmed()  # nothing new: no second event
+    agent.outbox.commit()
+    told = [
+        json.loads(b)
+        for _, b in agent.outbox.next_batch("events", 0, 100, 10**6)
+        if json.loads(b)["type"] == "buffer_trimmed"
+    ]
+    assert len(told) == 1
+    data = told[0]["data"]
+    assert data["thinned"] == agent.outbox.trimmed["thinned"] > 1000
+    assert data["first_seq"] < data["last_seq"] and data["keep_every"] == 4
+    assert agent.health()["outbox"]["thinned"] == data["thinned"]
+    agent.outbox.close()
