@@ -188,19 +188,19 @@ async def run_case(
         "connect_bytes": base_up + base_down,  # handshake, CONNECT, first status
     }
     if parse:
-        puback = down.bytes["PUBACK"] / max(1, down.packets["PUBACK"])
-        tel = up.bytes["PUBLISH telemetry"] + up.packets["PUBLISH telemetry"] * puback
-        ev = up.bytes["PUBLISH events"] + up.packets["PUBLISH events"] * puback
+        puback = down.size["PUBACK"] / max(1, down.packets["PUBACK"])
+        tel = up.size["PUBLISH telemetry"] + up.packets["PUBLISH telemetry"] * puback
+        ev = up.size["PUBLISH events"] + up.packets["PUBLISH events"] * puback
         out |= {
             "telemetry_publishes": up.packets["PUBLISH telemetry"],
             "telemetry_bytes": round(tel),
             "bytes_per_position": tel / max(1, counts["telemetry"]),
             "event_publishes": up.packets["PUBLISH events"],
             "bytes_per_event": ev / max(1, counts["events"]),
-            "status_packet": up.bytes["PUBLISH status"] / max(1, up.packets["PUBLISH status"]),
+            "status_packet": up.size["PUBLISH status"] / max(1, up.packets["PUBLISH status"]),
             "puback": puback,
-            "connect": up.bytes["CONNECT"] + down.bytes["CONNACK"],
-            "subscribe": up.bytes["SUBSCRIBE"] + down.bytes["SUBACK"],
+            "connect": up.size["CONNECT"] + down.size["CONNACK"],
+            "subscribe": up.size["SUBSCRIBE"] + down.size["SUBACK"],
         }
     return out
 

@@ -39,7 +39,7 @@ class Direction:
     """Bytes and packets seen one way; PUBLISH keyed by the topic's last level."""
 
     total: int = 0
-    bytes: Counter[str] = field(default_factory=Counter)
+    size: Counter[str] = field(default_factory=Counter)  # bytes per kind
     packets: Counter[str] = field(default_factory=Counter)
     _buf: bytearray = field(default_factory=bytearray)
 
@@ -62,7 +62,7 @@ class Direction:
                 topic_len = int.from_bytes(packet[header : header + 2], "big")
                 topic = packet[header + 2 : header + 2 + topic_len].decode(errors="replace")
                 kind = f"PUBLISH {topic.rsplit('/', 1)[-1]}"
-            self.bytes[kind] += size
+            self.size[kind] += size
             self.packets[kind] += 1
 
 

@@ -36,7 +36,7 @@ def test_a_publish_and_its_puback_are_counted_to_the_byte(tmp_path: Path) -> Non
         broker.kill()
     # MQTT 3.1.1 PUBLISH QoS 1: 1 type byte, 2 length bytes (remaining 325),
     # 2 + 21 topic bytes, 2 packet-id bytes, 300 payload bytes.
-    assert meter.up.bytes["PUBLISH telemetry"] == 1 + 2 + 2 + len(topic) + 2 + len(payload)
-    assert meter.down.bytes["PUBACK"] == 4
+    assert meter.up.size["PUBLISH telemetry"] == 1 + 2 + 2 + len(topic) + 2 + len(payload)
+    assert meter.down.size["PUBACK"] == 4
     assert meter.up.packets["CONNECT"] == 1 and meter.down.packets["CONNACK"] == 1
-    assert meter.up.total == sum(meter.up.bytes.values())
+    assert meter.up.total == sum(meter.up.size.values())
