@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -51,6 +51,7 @@ from agent.buffer.send_order import SendOrder
 from agent.clock import Clock
 from agent.config import MqttConfig
 from agent.messages import MAX_PAYLOAD_BYTES, STREAMS, Stream, batch_json, topic, with_seq
+from agent.mqtt_client import mqtt_client
 
 log = logging.getLogger(__name__)
 
@@ -140,25 +141,7 @@ class Uplink:
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
-        v5 = cfg.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id or self.device,
-            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-            clean_session=None if v5 else True,
-        )
-        if cfg.username is not None:
-            password = None if cfg.password is None else cfg.password.get_secret_value()
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls is not None:
-            client.tls_set(
-                ca_certs=None if cfg.tls.ca is None else str(cfg.tls.ca),
-                certfile=None if cfg.tls.cert is None else str(cfg.tls.cert),
-                keyfile=None if cfg.tls.key is None else str(cfg.tls.key),
-                cert_reqs=ssl.CERT_REQUIRED,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-            client.tls_insecure_set(cfg.tls.insecure)
+        client = mqtt_client(cfg, self.device)
         client.max_inflight_messages_set(cfg.inflight)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
