@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_cmd", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file without running")
     check.add_argument("file", type=Path)
+    ck = sub.add_parser("check", help="probe every configured source, say what to fix")
+    ck.add_argument("--config", "-c", type=Path, required=True)
+    ck.add_argument(
+        "--timeout", type=float, default=30.0, help="longest wait, for the GPS fix (default 30 s)"
+    )
+    ck.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ck.add_argument("--verbose", "-v", action="store_true", help="show the agent's logs")
     rp = sub.add_parser("replay", help="run the pipeline on a recording, print what it would send")
     rp.add_argument("--nmea", type=Path, help="recorded NMEA 0183 file")
     rp.add_argument(
@@ -276,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "config":
             return _config_check(args.file)
         cfg = load_config(args.config) if args.config is not None else None
+        if args.cmd == "check":
+            from agent.check import check_command
+
+            assert cfg is not None
+            return check_command(
+                cfg, timeout=max(1.0, args.timeout), as_json=args.json, verbose=args.verbose
+            )
         if args.cmd == "replay":
             if args.candump is not None:
                 if args.nmea or args.obd:
