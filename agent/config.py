@@ -29,6 +29,7 @@ from agent.messages import DeviceId
 
 if TYPE_CHECKING:
     from agent.buffer.trim import Caps
+    from agent.gps.termux_source import TermuxOptions
     from agent.imu.harsh import HarshConfig
     from agent.imu.processor import ImuProcessor
 
@@ -46,8 +47,90 @@ class DeviceConfig(_Section):
     id: DeviceId = Field(description="unique device id; also the MQTT topic segment")
 
 
+class TermuxGpsConfig(_Section):
+    """``[gps.termux]``: a phone's GNSS through termux-location, paced by its battery."""
+
+    provider: Literal["gps", "network", "passive"] = Field(
+        "gps", description="gps: the GNSS chip; network: cell/Wi-Fi; passive: other apps' fixes"
+    )
+    fix_timeout_s: Annotated[float, Field(ge=5, le=600)] = Field(
+        60.0, description="longest wait for one fix (indoors none comes)"
+    )
+    max_age_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        10.0, description="an answer whose fix is older than this (elapsedMs) is rejected"
+    )
+    moving_s: Annotated[float, Field(ge=0.5, le=300)] = Field(
+        1.0, description="poll interval while moving (or on a charger)"
+    )
+    stopped_s: Annotated[float, Field(ge=0.5, le=3600)] = Field(
+        15.0, description="poll interval once stopped for stopped_after_s"
+    )
+    parked_s: Annotated[float, Field(ge=0.5, le=3600)] = Field(
+        60.0, description="poll interval once stopped for parked_after_s"
+    )
+    stopped_after_s: Annotated[float, Field(gt=0, le=86400)] = 120.0
+    parked_after_s: Annotated[float, Field(gt=0, le=86400)] = 900.0
+    low_battery_pct: Annotated[float, Field(gt=0, le=100)] = Field(
+        20.0, description="below this, not charging: intervals x3"
+    )
+    critical_battery_pct: Annotated[float, Field(ge=0, lt=100)] = Field(
+        10.0, description="below this, not charging: intervals x10, IMU off"
+    )
+    battery: bool = Field(True, description="read termux-battery-status to pace the polling")
+    accept_mock: bool = Field(False, description="accept locations from mock-location apps")
+    geoid_sep_m: Annotated[float, Field(ge=-120, le=120)] | None = Field(
+        None, description="local geoid height: Android's ellipsoid altitude minus it is MSL"
+    )
+
+    @model_validator(mode="after")
+    def _order(self) -> TermuxGpsConfig:
+        if not self.moving_s <= self.stopped_s <= self.parked_s:
+            raise ValueError(
+                f"gps.termux: need moving_s ({self.moving_s:g}) <= stopped_s "
+                f"({self.stopped_s:g}) <= parked_s ({self.parked_s:g})"
+            )
+        if self.stopped_after_s >= self.parked_after_s:
+            raise ValueError(
+                f"gps.termux: stopped_after_s ({self.stopped_after_s:g}) must be below "
+                f"parked_after_s ({self.parked_after_s:g})"
+            )
+        if self.critical_battery_pct >= self.low_battery_pct:
+            raise ValueError(
+                f"gps.termux: critical_battery_pct ({self.critical_battery_pct:g}) must be below "
+                f"low_battery_pct ({self.low_battery_pct:g})"
+            )
+        return self
+
+    def options(self) -> TermuxOptions:
+        """The source's settings, with the power policy built from these figures."""
+        from agent.gps.termux_source import TermuxOptions
+        from agent.power import PowerPolicy
+
+        policy = PowerPolicy(
+            moving_s=self.moving_s,
+            stopped_s=self.stopped_s,
+            parked_s=self.parked_s,
+            low_pct=self.low_battery_pct,
+            critical_pct=self.critical_battery_pct,
+            max_s=max(300.0, self.parked_s),
+        )
+        return TermuxOptions(
+            provider=self.provider,
+            fix_timeout_s=self.fix_timeout_s,
+            max_age_s=self.max_age_s,
+            battery=self.battery,
+            accept_mock=self.accept_mock,
+            geoid_sep_m=self.geoid_sep_m,
+            policy=policy,
+            stopped_after_s=self.stopped_after_s,
+            parked_after_s=self.parked_after_s,
+        )
+
+
 class GpsConfig(_Section):
-    source: Literal["serial", "tcp", "file", "gpsd"] = "serial"
+    source: Literal["serial", "tcp", "file", "gpsd", "termux"] = Field(
+        "serial", description="termux: a phone's GNSS through termux-location ([gps.termux])"
+    )
     device: str = Field("/dev/ttyACM0", description="serial device path (source = serial)")
     baud: Literal[4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800] = 9600
     host: str = Field("127.0.0.1", description="host for source = tcp or gpsd")
@@ -57,6 +140,7 @@ class GpsConfig(_Section):
         date(2024, 1, 1),
         description="receiver dates before this are GPS week-rollover errors (+1024 weeks)",
     )
+    termux: TermuxGpsConfig = TermuxGpsConfig()
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> GpsConfig:

@@ -34,10 +34,12 @@ from agent.gps.fix import Fix
 from agent.gps.sampler import position_from_fix
 from agent.gps.source_base import GpsSource
 from agent.gps.sources import open_source
+from agent.gps.termux_source import TermuxLocationSource
 from agent.imu.processor import ImuProcessor
 from agent.imu.sample import ImuSample
 from agent.imu.source_base import ImuSource
 from agent.imu.sources import open_imu_source
+from agent.imu.termux import TermuxSensorSource
 from agent.messages import (
     Command,
     CommandResult,
@@ -107,6 +109,7 @@ def gps_source(cfg: GpsConfig) -> GpsSource:
         port=cfg.port,
         path=cfg.path,
         rollover_floor=cfg.rollover_floor,
+        termux=cfg.termux.options(),
     )
 
 
@@ -167,6 +170,13 @@ class Agent:
         self.imu_source: ImuSource | None = imu_source
         if self.imu_source is None and cfg.imu.source != "none":
             self.imu_source = open_imu_source(cfg.imu)
+        phone_imu = self.imu_source
+        if isinstance(source, TermuxLocationSource) and isinstance(phone_imu, TermuxSensorSource):
+            # A phone: the battery-aware plan that paces the GPS polls also
+            # slows the sensors, or turns them off while parked on battery.
+            source.on_plan = lambda plan: phone_imu.follow_plan(
+                plan.imu_on, plan.imu_delay_ms, plan.reason
+            )
         self._mounting_state = imu.calibrator.state if imu.calibrator else None
         self.imu_failures = 0
         # OBD exchanges that completed before any trusted UTC existed.

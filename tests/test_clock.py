@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from datetime import UTC, datetime, timedelta
 
-from agent.clock import Clock
+import pytest
+
+from agent.clock import Clock, kernel_clock_synchronised
 
 GNSS = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 
@@ -37,3 +41,19 @@ def test_synchronised_system_clock_is_used() -> None:
 def test_forced_gnss_ignores_system() -> None:
     clock = Clock("gnss", mono=Mono(), wall=lambda: 1e9, synced=lambda: True)
     assert clock.now() is None
+
+
+def test_android_counts_as_synchronised_without_calling_adjtimex(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Android the app seccomp filter would kill the agent on adjtimex: never call it."""
+
+    def forbidden(*_a: object, **_k: object) -> None:
+        raise AssertionError("adjtimex must not be called on Android")
+
+    monkeypatch.setattr(ctypes, "CDLL", forbidden)
+    monkeypatch.setattr(sys, "getandroidapilevel", lambda: 33, raising=False)
+    assert kernel_clock_synchronised() is True
+    monkeypatch.delattr(sys, "getandroidapilevel")
+    with pytest.raises(AssertionError, match="must not be called"):
+        kernel_clock_synchronised()  # elsewhere it does ask the kernel

@@ -9,7 +9,10 @@ from pathlib import Path
 from agent.clock import Clock
 from agent.config import parse_config
 from agent.gps.fix import Fix, FixMode
+from agent.gps.termux_source import TermuxLocationSource
 from agent.imu.sample import GRAVITY, ImuSample
+from agent.imu.termux import TermuxSensorSource
+from agent.power import BatteryState, PowerPolicy
 from agent.runtime import Agent, gps_source
 
 GNSS = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -71,5 +74,35 @@ def test_impact_goes_to_the_priority_lane_with_gnss_time(tmp_path: Path) -> None
         ]
         assert "impact" not in others and "imu_trace" in others
         assert agent.health()["imu"]["impacts"] == 1
+    finally:
+        agent.outbox.close()
+
+
+def test_a_phones_power_plan_drives_its_imu(tmp_path: Path) -> None:
+    """gps = termux and imu = termux: the GPS source's plan turns the sensors off and on."""
+    cfg = parse_config(
+        {
+            "device": {"id": "phone-1"},
+            "gps": {"source": "termux"},
+            "imu": {"source": "termux"},
+            "buffer": {"path": str(tmp_path / "o.sqlite")},
+            "clock": {"source": "system"},
+        },
+        {},
+    )
+    agent = Agent(cfg, gps_source(cfg.gps))
+    try:
+        gps, imu = agent.source, agent.imu_source
+        assert isinstance(gps, TermuxLocationSource) and isinstance(imu, TermuxSensorSource)
+        assert gps.on_plan is not None
+        policy = PowerPolicy()
+        parked = policy.plan(BatteryState(percent=60, powered=False), "parked")
+        assert not parked.imu_on
+        gps.on_plan(parked)
+        assert imu.paused == parked.reason and imu.status()["paused"] == parked.reason
+        low = policy.plan(BatteryState(percent=15, powered=False), "moving")
+        assert low.imu_on
+        gps.on_plan(low)
+        assert imu.paused is None and imu.delay_ms == low.imu_delay_ms
     finally:
         agent.outbox.close()

@@ -5,12 +5,16 @@ of them) and, for the sentence list, its ``parse_line``.  Three rows, each
 depending on the one before (a later one is ``skip`` when an earlier failed):
 
 * ``gps.port``: the device opens (serial), the server answers (tcp, gpsd),
-  the file exists (file);
+  the file exists (file), termux-location is installed (termux);
 * ``gps.nmea``: valid sentences within a few seconds.  "Nothing arrives"
   and "bytes arrive but none is NMEA" are told apart, because their fixes
   differ: the second is nearly always a wrong baud rate, so on a serial
   port the check tries the other rates and names the one that works;
 * ``gps.fix``: a 2D/3D fix within the timeout, with satellites and HDOP.
+
+On a phone (``termux``) ``gps.nmea`` is "Termux:API answers with
+locations": a missing permission, a missing Termux:API app and no fix
+(indoors) each get their own advice.
 
 The port is opened ``exclusive`` as the agent does, so a running agent or
 gpsd holding it is reported, not disturbed.
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import glob
+import shutil
 import socket
 import time
 from collections import Counter
@@ -574,6 +579,102 @@ async def _gpsd(cfg: GpsConfig, deadline: float, window: float) -> list[Row]:
     return [opened, nmea, fix_row(fixes, waited, _now())]
 
 
+def termux_rows(status: dict[str, Any], fixes: list[Fix], where: str, waited: float) -> list[Row]:
+    """The port, answer and fix rows for a phone, from the Termux source's status (pure).
+
+    ``gps.nmea`` stands for "Termux:API answers with locations" here.
+    """
+    parser = dict(status.get("parser") or {})
+    opened = Row("gps.port", "pass", f"{where} runs", data={"command": status.get("target")})
+    data: dict[str, Any] = {"waited_s": round(waited, 1), **parser}
+    if not status.get("connected"):  # never answered with a location, fix or not
+        reason = str(status.get("last_error") or f"no answer within {waited:.0f} s")
+        if parser.get("permission"):
+            advice = (
+                "allow Location for the Termux:API app in Android's settings (Apps > "
+                "Termux:API > Permissions > Location > Allow all the time), then run the "
+                "check again"
+            )
+        elif parser.get("timeouts"):
+            advice = (
+                "go outdoors (or near a window) with location switched on; open the "
+                "Termux:API app once and exempt it and Termux from battery optimisation; "
+                "a first fix can take a minute"
+            )
+        else:
+            advice = "install the Termux:API app (from F-Droid, like Termux) and open it once"
+        return [
+            opened,
+            Row("gps.nmea", "fail", f"Termux:API gives no location: {reason}", advice, data=data),
+            skipped("gps.fix", "no location from Termux:API"),
+        ]
+    answers, usable = int(parser.get("answers", 0)), int(parser.get("fixes", 0))
+    nmea = Row(
+        "gps.nmea", "pass", f"Termux:API answers ({usable} of {answers} answers usable)", data=data
+    )
+    if not fixes and status.get("last_reject"):
+        return [
+            opened,
+            nmea,
+            Row(
+                "gps.fix",
+                "fail",
+                f"no usable fix: {status['last_reject']}",
+                "a mocked location comes from a location-faking app: disable it (or set "
+                "gps.termux.accept_mock); a stale one means the GPS has no current fix: go "
+                "outdoors",
+                data=data,
+            ),
+        ]
+    return [opened, nmea, fix_row(fixes, waited, _now())]
+
+
+async def _termux(cfg: GpsConfig, deadline: float) -> list[Row]:
+    from agent.gps.termux_source import MISSING_HINT, TermuxLocationSource
+
+    opts = cfg.termux.options()
+    exe = shutil.which(opts.executable)
+    if exe is None:
+        return [
+            Row(
+                "gps.port",
+                "fail",
+                f"{opts.executable} not found",
+                MISSING_HINT,
+            ),
+            skipped("gps.nmea", f"no {opts.executable}"),
+            skipped("gps.fix", f"no {opts.executable}"),
+        ]
+    budget = max(1.0, deadline - time.monotonic())
+    src = TermuxLocationSource(
+        replace(opts, fix_timeout_s=min(opts.fix_timeout_s, budget), battery=False),
+        time_floor=cfg.rollover_floor,
+        backoff=Backoff(min_s=60.0, max_s=60.0),  # the first failure is the answer
+    )
+    fixes: list[Fix] = []
+
+    async def collect() -> None:
+        async for fix in src.fixes():
+            fixes.append(fix)
+
+    start = time.monotonic()
+    task = asyncio.create_task(collect())
+    try:
+        while time.monotonic() < deadline and not task.done():
+            st = src.status()
+            if st["last_error"] and not st["connected"]:
+                break
+            if any(f.has_position for f in fixes) or st["parser"]["answers"] >= 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        status = src.status()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return termux_rows(status, fixes, exe, time.monotonic() - start)
+
+
 def probe_gps(cfg: GpsConfig, deadline: float, *, window: float = NMEA_WINDOW_S) -> list[Row]:
     """The three GPS rows for the configured source; returns by ``deadline`` (monotonic)."""
     if cfg.source == "serial":
@@ -582,4 +683,6 @@ def probe_gps(cfg: GpsConfig, deadline: float, *, window: float = NMEA_WINDOW_S)
         return _tcp(cfg, deadline, window)
     if cfg.source == "file":
         return _file(cfg)
+    if cfg.source == "termux":
+        return asyncio.run(_termux(cfg, deadline))
     return asyncio.run(_gpsd(cfg, deadline, window))

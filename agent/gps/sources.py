@@ -20,6 +20,7 @@ from agent.gps.gpsd_source import GpsdSource
 from agent.gps.serial_source import SerialSource
 from agent.gps.source_base import GpsSource, NmeaByteSource
 from agent.gps.tcp_source import TcpSource
+from agent.gps.termux_source import TermuxLocationSource, TermuxOptions
 
 __all__ = [
     "Backoff",
@@ -29,10 +30,12 @@ __all__ = [
     "NmeaByteSource",
     "SerialSource",
     "TcpSource",
+    "TermuxLocationSource",
+    "TermuxOptions",
     "open_source",
 ]
 
-KINDS = ("serial", "tcp", "file", "gpsd")
+KINDS = ("serial", "tcp", "file", "gpsd", "termux")
 
 
 def open_source(
@@ -45,6 +48,7 @@ def open_source(
     path: str | Path | None = None,
     rollover_floor: date | None = None,
     pace: float | None = None,
+    termux: TermuxOptions | None = None,
     name: str | None = None,
     backoff: Backoff | None = None,
 ) -> GpsSource:
@@ -53,7 +57,10 @@ def open_source(
     serial: ``device``, ``baud``; tcp: ``host``, ``port`` (an NMEA stream);
     gpsd: ``host``, ``port`` (gpsd's JSON, normally 2947); file: ``path``,
     ``pace`` (None = as fast as possible, 1.0 = real time).
-    ``rollover_floor`` goes to the NMEA parser (serial, tcp, file).
+    termux: ``termux`` (``TermuxOptions``: provider, timeouts, the power
+    policy; the defaults without it).  ``rollover_floor`` goes to the NMEA
+    parser (serial, tcp, file) and, for termux, is the earliest date the
+    phone's clock may show for its time to be used.
     """
     if kind == "serial":
         return SerialSource(device, baud, rollover_floor=rollover_floor, name=name, backoff=backoff)
@@ -67,4 +74,6 @@ def open_source(
         )
     if kind == "gpsd":
         return GpsdSource(host, port, name=name, backoff=backoff)
+    if kind == "termux":
+        return TermuxLocationSource(termux, time_floor=rollover_floor, name=name, backoff=backoff)
     raise ValueError(f"unknown GPS source kind {kind!r}; expected one of {', '.join(KINDS)}")

@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from agent.backoff import Backoff
-from agent.imu.health import HealthConfig
+from agent.imu.health import HealthConfig, HealthMonitor
 from agent.imu.sample import ImuSample
 from agent.imu.source_base import ImuSource, describe
 
@@ -326,6 +326,12 @@ class TermuxSensorSource(ImuSource):
         self._released = False  # the last release succeeded and nothing started since
         self._cleanup_failures = 0
         self._last_cleanup = ""
+        # The phone's power plan (agent.power, applied by follow_plan): paused means
+        # no termux-sensor at all; a new -d restarts it.  Neither is a fault.
+        self._paused: str | None = None
+        self._replanned = False
+        self._wake = asyncio.Event()
+        self._replans = 0
 
     @property
     def argv(self) -> list[str]:
@@ -335,8 +341,40 @@ class TermuxSensorSource(ImuSource):
     def target(self) -> str:
         return " ".join(self.argv)
 
+    def follow_plan(self, on: bool, delay_ms: int, reason: str = "") -> None:
+        """Apply a sampling plan: ``on`` False pauses the sensors, a new ``delay_ms`` is ``-d``.
+
+        Called from the event loop whenever the GPS source's power plan
+        changes (agent.power): a parked phone on battery turns its sensors
+        off.  A running ``termux-sensor`` is ended and, unless paused,
+        started again with the new interval; the release (``-c``) runs as
+        for any stop.
+        """
+        delay_ms = max(1, int(delay_ms))
+        paused = None if on else (reason or "paused by the power plan")
+        if paused == self._paused and (not on or delay_ms == self.delay_ms):
+            return
+        if on and self._paused is not None:
+            self._health = HealthMonitor(self._health.config)  # the pause is no gap
+        self._paused = paused
+        self.delay_ms = delay_ms
+        self._parser.period = delay_ms / 1000.0
+        self._replans += 1
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self._replanned = True
+            _signal_group(proc.pid, signal.SIGTERM)  # its trap releases; _stop reaps it
+        self._wake.set()
+
+    @property
+    def paused(self) -> str | None:
+        """Why the sensors are off by the power plan, or None when they run."""
+        return self._paused
+
     def _source_status(self) -> dict[str, Any]:
         return {
+            "paused": self._paused,
+            "replans": self._replans,
             "print_rate_hz": round(1000.0 / self.delay_ms, 1),
             "starts": self._starts,
             "exit_codes": self._exit_codes[-5:],
@@ -348,6 +386,9 @@ class TermuxSensorSource(ImuSource):
 
     async def batches(self) -> AsyncGenerator[list[ImuSample], None]:
         while not self.closed:
+            if self._paused is not None:
+                await self._sleep_while_paused()
+                continue
             reason = "closed"
             try:
                 if not self._released:  # a stale writer in the app would leave us silent
@@ -380,11 +421,23 @@ class TermuxSensorSource(ImuSource):
                     await self._cleanup()
             if self.closed:
                 break
+            if self._replanned:  # ended on purpose by follow_plan: start again at once
+                self._replanned = False
+                continue
             self._lost(reason)
             await self._wait_before_retry()
 
+    async def _sleep_while_paused(self) -> None:
+        """Wait (sensors released) until the plan turns them on again or the source closes."""
+        self._connected = False
+        self._replanned = False
+        while self._paused is not None and not self.closed:
+            self._wake.clear()
+            await self._wake.wait()  # follow_plan and close() set it
+
     async def close(self) -> None:
         """Stop the process if it runs and release the sensors with ``-c``, always."""
+        self._wake.set()
         await super().close()
         await self._stop()
         await self._cleanup()

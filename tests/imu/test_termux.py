@@ -461,3 +461,49 @@ def test_arguments_are_checked() -> None:
         TermuxSensorSource(sensors=["accelerometer,gyroscope"])
     with pytest.raises(ValueError):
         TermuxSensorSource(delay_ms=0)
+
+
+def test_power_plan_pauses_and_restarts_at_a_new_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parked phone on battery turns its sensors off; moving again, on at the plan's -d."""
+    fake = Fake(tmp_path, monkeypatch, LSM, "hang")
+
+    def starts() -> list[str]:
+        return [x for x in fake.calls() if x.startswith("start")]
+
+    async def main() -> None:
+        src = TermuxSensorSource(delay_ms=10, stall_s=30, backoff=fast_backoff())
+        c = Consumer(src)
+        await c.until(lambda: len(c.samples) == 10, "10 samples")
+
+        src.follow_plan(False, 10, "parked for 15 min on battery")
+        await c.until(lambda: fake.calls()[-1] == "cleanup", "the sensors released")
+        st = src.status()
+        assert st["paused"] == "parked for 15 min on battery"
+        assert st["connected"] is False and st["last_error"] is None  # a pause is no fault
+        assert len(starts()) == 1
+
+        src.follow_plan(True, 30)
+        await c.until(lambda: len(starts()) == 2, "termux-sensor started again")
+        await c.until(lambda: len(c.samples) == 20, "the readings of the second run")
+        assert starts()[-1] == "start -s accelerometer,gyroscope -d 30"
+        st = src.status()
+        assert st["paused"] is None and st["connected"] is True and st["replans"] == 2
+        assert st["print_rate_hz"] == 33.3 and st["problems"] == []
+
+        src.follow_plan(True, 30)  # the same plan again changes nothing
+        assert src.status()["replans"] == 2
+        src.follow_plan(True, 100)  # a new interval while running: one restart, no backoff
+        await c.until(lambda: len(starts()) == 3, "a restart at -d 100")
+        assert starts()[-1] == "start -s accelerometer,gyroscope -d 100"
+        assert src.status()["last_error"] is None
+
+        src.follow_plan(False, 100, "low battery")
+        await c.until(lambda: fake.calls()[-1] == "cleanup", "released again")
+        await src.close()  # a paused source closes at once
+        await asyncio.wait_for(c.task, 10)
+
+    asyncio.run(main())
+    calls = fake.calls()
+    assert calls.count("term") == 3 and calls[-1] == "cleanup"

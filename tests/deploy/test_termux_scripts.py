@@ -1,0 +1,460 @@
+"""The phone's install script, runit service and Termux:Boot script, run for real in a fake Termux.
+
+A Termux is a prefix (``$PREFIX``, /data/data/com.termux/files/usr) and a home; the
+test makes both in a temporary directory and puts stand-ins first on PATH for what
+only a phone has: ``pkg`` (apt for Termux), ``sv-enable`` (termux-services),
+``termux-wake-lock``, ``termux-location`` and ``termux-battery-status`` (Termux:API),
+and ``python`` (so that the venv install step does not fetch the agent's dependencies
+from the network: its pip writes a ``telematics-agent`` that runs this checkout's).
+Everything else is real: bash and sh run the scripts as shipped, the rendered run
+script starts the real agent, and where runit is installed (apt-get install runit)
+a real runsvdir supervises the installed service as termux-services' service-daemon
+does, with svlogd writing its log.  shellcheck lints the scripts where installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic_core
+import pytest
+
+from agent.config import load_config
+from simulators.broker import free_port
+from tests.support.tools import need_tool
+
+REPO = Path(__file__).resolve().parents[2]
+TERMUX = REPO / "termux"
+INSTALL = TERMUX / "install.sh"
+TEMPLATES = [
+    TERMUX / "sv" / "telematics-agent" / "run",
+    TERMUX / "sv" / "telematics-agent" / "finish",
+    TERMUX / "sv" / "telematics-agent" / "log" / "run",
+    TERMUX / "boot" / "start-telematics",
+]
+REAL_AGENT = Path(sys.executable).parent / "telematics-agent"
+
+# What termux-location prints (format of termux-api LocationAPI.locationToJson; see
+# tests/gps/test_termux_source.py) and termux-battery-status (BatteryStatusAPI.java).
+FIX = {
+    "latitude": 52.3731339,
+    "longitude": 4.8924534,
+    "altitude": 43.5,
+    "accuracy": 3.7899999618530273,
+    "vertical_accuracy": 1.899999976158142,
+    "bearing": 271.29998779296875,
+    "speed": 13.40999984741211,
+    "elapsedMs": 12,
+    "provider": "gps",
+    "mocked": False,
+}
+BATTERY = {"health": "GOOD", "percentage": 64, "plugged": "PLUGGED_USB", "status": "CHARGING"}
+
+
+def write_exe(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+@dataclass
+class Phone:
+    """A fake Termux: prefix, home, stand-ins, and the log the stand-ins write."""
+
+    root: Path
+    prefix: Path
+    home: Path
+    stubs: Path
+    log: Path
+
+    @property
+    def venv(self) -> Path:
+        return self.home / ".local/share/telematics/venv"
+
+    @property
+    def config(self) -> Path:
+        return self.home / ".config/telematics/agent.toml"
+
+    @property
+    def service(self) -> Path:
+        return self.prefix / "var/service/telematics-agent"
+
+    @property
+    def boot(self) -> Path:
+        return self.home / ".termux/boot/start-telematics"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "HOME": str(self.home),
+            "PREFIX": str(self.prefix),
+            "PATH": f"{self.stubs}:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            **extra,
+        }
+
+    def calls(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def install(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", str(INSTALL), *args],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+
+@pytest.fixture
+def phone(tmp_path: Path) -> Phone:
+    prefix, home, stubs = tmp_path / "usr", tmp_path / "home", tmp_path / "stubs"
+    log = tmp_path / "calls.log"
+    for d in (prefix / "bin", prefix / "etc/profile.d", home, stubs):
+        d.mkdir(parents=True)
+    # The shebang of every rendered script is $PREFIX/bin/sh, as on the phone.
+    (prefix / "bin/sh").symlink_to("/bin/sh")
+    # Termux's etc/profile sources etc/profile.d/*.sh; termux-services' start-services.sh
+    # exports SVDIR and starts runsvdir (here: notes that it would).
+    (prefix / "etc/profile").write_text(
+        f'for i in {prefix}/etc/profile.d/*.sh; do\n  if [ -r "$i" ]; then . "$i"; fi\ndone\n'
+    )
+    (prefix / "etc/profile.d/start-services.sh").write_text(
+        f'export SVDIR={prefix}/var/service\necho "start-services SVDIR=$SVDIR" >> {log}\n'
+    )
+    write_exe(
+        stubs / "pkg",
+        f'#!/bin/sh\necho "pkg $*" >> {log}\n'
+        'case "$*" in *python-pydantic-core*) [ -n "$FAKE_NO_PYDANTIC_CORE" ] && '
+        '{ echo "E: Unable to locate package python-pydantic-core"; exit 100; } ;; esac\n'
+        "exit 0\n",
+    )
+    write_exe(
+        stubs / "sv-enable",
+        f'#!/bin/sh\necho "sv-enable $* SVDIR=$SVDIR" >> {log}\nrm -f "$SVDIR/$1/down"\n',
+    )
+    write_exe(stubs / "sv", f'#!/bin/sh\necho "sv $*" >> {log}\nexit 1\n')
+    write_exe(stubs / "termux-wake-lock", f'#!/bin/sh\necho "termux-wake-lock" >> {log}\n')
+    # python -m venv makes a venv whose pip "installs" a telematics-agent running this
+    # checkout's agent; any other use of python is the real interpreter.
+    pip = (
+        "#!/bin/sh\n"
+        f'echo "pip $* MSGPACK_PUREPYTHON=$MSGPACK_PUREPYTHON" >> {log}\n'
+        'bin="$(dirname "$0")"\n'
+        f'printf \'#!/bin/sh\\nexec {REAL_AGENT} "$@"\\n\' > "$bin/telematics-agent"\n'
+        'chmod 755 "$bin/telematics-agent"\n'
+    )
+    write_exe(
+        stubs / "python",
+        "#!/bin/sh\n"
+        'if [ "$1" = -m ] && [ "$2" = venv ]; then\n'
+        f'  echo "python $*" >> {log}\n'
+        '  for last in "$@"; do :; done\n'
+        '  mkdir -p "$last/bin"\n'
+        f'  printf \'#!/bin/sh\\nexec {sys.executable} "$@"\\n\' > "$last/bin/python"\n'
+        f"  cat > \"$last/bin/pip\" <<'EOF'\n{pip}EOF\n"
+        '  chmod 755 "$last/bin/python" "$last/bin/pip"\n'
+        "  exit 0\n"
+        "fi\n"
+        f'exec {sys.executable} "$@"\n',
+    )
+    # Termux:API: a location and a battery report on every call.
+    write_exe(
+        stubs / "termux-location",
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write('termux-location ' + ' '.join(sys.argv[1:]) + '\\n')\n"
+        f"print(json.dumps({FIX!r}, indent=2))\n",
+    )
+    write_exe(
+        stubs / "termux-battery-status",
+        f"#!{sys.executable}\nimport json\nprint(json.dumps({BATTERY!r}, indent=2))\n",
+    )
+    return Phone(tmp_path, prefix, home, stubs, log)
+
+
+@pytest.fixture
+def installed(phone: Phone) -> Phone:
+    done = phone.install("--device-id", "phone-017")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Installed." in done.stdout
+    return phone
+
+
+# -- the scripts as text -----------------------------------------------------------------
+
+
+def render(template: Path, prefix: str = "/data/data/com.termux/files/usr") -> str:
+    return (
+        template.read_text()
+        .replace("@TERMUX_PREFIX@", prefix)
+        .replace(
+            "@AGENT@",
+            "/data/data/com.termux/files/home/.local/share/telematics/venv/bin/telematics-agent",
+        )
+        .replace("@CONFIG@", "/data/data/com.termux/files/home/.config/telematics/agent.toml")
+    )
+
+
+def test_scripts_parse(tmp_path: Path) -> None:
+    subprocess.run(["bash", "-n", str(INSTALL)], check=True)
+    for template in TEMPLATES:
+        out = tmp_path / template.name
+        out.write_text(render(template))
+        subprocess.run(["sh", "-n", str(out)], check=True)
+        assert template.stat().st_mode & stat.S_IXUSR, f"{template} is not executable"
+        assert template.read_text().startswith("#!@TERMUX_PREFIX@/bin/sh\n"), template
+
+
+def test_shellcheck(tmp_path: Path) -> None:
+    shellcheck = need_tool("shellcheck", "shellcheck")
+    subprocess.run([shellcheck, str(INSTALL)], check=True)
+    for template in TEMPLATES:
+        out = tmp_path / template.name
+        out.write_text(render(template))
+        subprocess.run([shellcheck, "-s", "sh", str(out)], check=True)
+
+
+# -- install.sh in a fake Termux ------------------------------------------------------------
+
+
+def test_install_lays_out_what_termux_services_and_boot_expect(installed: Phone) -> None:
+    p = installed
+    calls = p.calls()
+    assert "pkg install -y python python-numpy termux-api termux-services" in calls
+    assert "pkg install -y python-pydantic-core" in calls
+    assert not any("rust" in c for c in calls)
+    assert f"python -m venv --system-site-packages {p.venv}" in calls
+    constraints = p.home / ".local/share/telematics/constraints.txt"
+    assert f"pip install --upgrade --constraint {constraints} {REPO} MSGPACK_PUREPYTHON=1" in calls
+    # pkg's pydantic-core pins the pydantic that pip chooses
+    assert constraints.read_text() == f"pydantic-core=={pydantic_core.__version__}\n"
+
+    # the config: new, private, this phone's paths and id, and valid
+    assert stat.S_IMODE(p.config.stat().st_mode) == 0o600
+    assert stat.S_IMODE(p.config.parent.stat().st_mode) == 0o700
+    cfg = load_config(p.config, environ={})
+    assert cfg.device.id == "phone-017" and cfg.mqtt.username == "phone-017"
+    assert cfg.gps.source == "termux" and cfg.imu.source == "termux" and cfg.obd.source == "none"
+    assert cfg.clock.source == "system"
+    assert cfg.buffer.path == p.home / ".local/share/telematics/outbox.sqlite"
+
+    # the runit service, where termux-services' runsvdir looks ($SVDIR/<name>/run)
+    agent = p.venv / "bin/telematics-agent"
+    run = (p.service / "run").read_text()
+    assert run.startswith(f"#!{p.prefix}/bin/sh\n")
+    assert "exec 2>&1\n" in run
+    assert f'exec "{agent}" run --config "{p.config}"' in run
+    log_run = (p.service / "log/run").read_text()
+    assert f'LOGDIR="{p.prefix}/var/log/sv/telematics-agent"' in log_run
+    assert 'exec svlogd -tt "$LOGDIR"' in log_run
+    for f in ("run", "finish", "log/run"):
+        path = p.service / f
+        assert stat.S_IMODE(path.stat().st_mode) == 0o755, f
+        assert not re.search(r"@[A-Z_]+@", path.read_text()), f"placeholder left in {f}"
+    assert not (p.service / "down").exists()  # enabled
+    assert f"sv-enable telematics-agent SVDIR={p.prefix}/var/service" in calls
+
+    # the Termux:Boot script
+    boot = p.boot.read_text()
+    assert stat.S_IMODE(p.boot.stat().st_mode) == 0o700
+    assert boot.startswith(f"#!{p.prefix}/bin/sh\n")
+    lines = [ln for ln in boot.splitlines() if ln and not ln.startswith("#")]
+    assert lines == ["termux-wake-lock", f'. "{p.prefix}/etc/profile"']
+    assert not list(p.service.glob("*.tmp.*")) and not list(p.config.parent.glob("*.tmp.*"))
+
+
+def test_a_second_run_keeps_the_config_and_upgrades(installed: Phone) -> None:
+    p = installed
+    edited = p.config.read_text().replace(
+        'host = "broker.example.com"', 'host = "mqtt.fleet.example"'
+    )
+    p.config.write_text(edited)
+    again = p.install("--skip-packages")
+    assert again.returncode == 0, again.stderr
+    assert f"keeping the existing {p.config}" in again.stdout
+    assert p.config.read_text() == edited
+    assert sum(c.startswith("pip install") for c in p.calls()) == 2
+    assert sum(c.startswith("pkg ") for c in p.calls()) == 2  # only the first run's
+
+
+def test_without_pydantic_core_in_the_repository_rust_is_installed(phone: Phone) -> None:
+    done = phone.install(FAKE_NO_PYDANTIC_CORE="1")
+    assert done.returncode == 0, done.stderr
+    assert "pkg install -y rust" in phone.calls()
+    assert "pip will build pydantic-core" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ((), {"PREFIX": ""}, "run this inside Termux"),
+        (("--device-id", "bad id!"), {}, "--device-id 'bad id!'"),
+        (("--frobnicate",), {}, "unknown option: --frobnicate"),
+    ],
+)
+def test_install_refuses_clearly(
+    phone: Phone, args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    done = phone.install(*args, **env)
+    assert done.returncode != 0 and message in done.stderr
+    assert not phone.config.exists() and not phone.service.exists()
+
+
+# -- running what was installed ---------------------------------------------------------------
+
+
+def use_local_broker(p: Phone) -> int:
+    """Point the installed config at a closed port on loopback (no traffic leaves the machine)."""
+    port = free_port()
+    text = p.config.read_text()
+    text = text.replace('host = "broker.example.com"', 'host = "127.0.0.1"')
+    text = text.replace("port = 8883", f"port = {port}")
+    p.config.write_text(text)
+    assert tomllib.loads(text)["mqtt"]["host"] == "127.0.0.1"
+    return port
+
+
+class Lines:
+    """Read a pipe with deadlines, keeping everything read."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.text = ""
+
+    def until(self, pattern: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while re.search(pattern, self.text) is None:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} within {timeout} s; output:\n{self.text}"
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                data = os.read(self.fd, 65536)
+                assert data, f"output ended before {pattern!r}:\n{self.text}"
+                self.text += data.decode(errors="replace")
+
+
+def test_the_run_script_starts_the_agent(installed: Phone) -> None:
+    p = installed
+    use_local_broker(p)
+    proc = subprocess.Popen(
+        [str(p.service / "run")],
+        cwd=p.service,
+        env=p.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the script sends stderr to stdout itself
+        start_new_session=True,
+    )
+    try:
+        out = Lines(proc)
+        out.until(r"agent \S+ starting: device phone-017")
+        out.until(r"gps-termux: opened termux-location -p gps -r once")
+        assert "termux-wake-lock" in p.calls()
+        assert "termux-location -p gps -r once" in p.calls()
+        proc.send_signal(signal.SIGTERM)  # the script exec'd the agent: this is the agent
+        assert proc.wait(timeout=30) == 0
+        out.until(r"agent stopped")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_finish_waits_only_after_a_configuration_error(installed: Phone, tmp_path: Path) -> None:
+    slept = tmp_path / "slept"
+    write_exe(installed.stubs / "sleep", f'#!/bin/sh\necho "$*" > {slept}\n')
+    finish = installed.service / "finish"
+    ok = subprocess.run(
+        [str(finish), "0", "0"], env=installed.env(), capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and ok.stdout == "" and not slept.exists()
+    bad = subprocess.run(
+        [str(finish), "2", "0"], env=installed.env(), capture_output=True, text=True
+    )
+    assert "configuration error" in bad.stdout and str(installed.config) in bad.stdout
+    assert slept.read_text() == "60\n"
+
+
+def test_the_boot_script_takes_the_wake_lock_then_starts_the_services(installed: Phone) -> None:
+    p = installed
+    before = len(p.calls())
+    done = subprocess.run([str(p.boot)], env=p.env(), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert p.calls()[before:] == [
+        "termux-wake-lock",
+        f"start-services SVDIR={p.prefix}/var/service",
+    ]
+
+
+@pytest.fixture
+def runsvdir(installed: Phone) -> Iterator[subprocess.Popen[bytes]]:
+    """A real runsvdir on $PREFIX/var/service, as termux-services' service-daemon starts it."""
+    exe = need_tool("runsvdir", "runit")
+    proc = subprocess.Popen(
+        [exe, str(installed.prefix / "var/service")],
+        env=installed.env(SVDIR=str(installed.prefix / "var/service")),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        sv = installed.service
+        subprocess.run(
+            ["sv", "-w", "15", "exit", str(sv / "log"), str(sv)], capture_output=True, check=False
+        )
+        for path in (sv / "supervise/pid", sv / "log/supervise/pid"):
+            pid = path.read_text().strip() if path.exists() else ""
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_runsv_supervises_the_installed_service(installed: Phone, runsvdir: object) -> None:
+    p = installed
+    use_local_broker(p)
+    current = p.prefix / "var/log/sv/telematics-agent/current"
+    deadline = time.monotonic() + 60
+    while True:
+        text = current.read_text() if current.exists() else ""
+        if "starting: device phone-017" in text and "gps-termux: opened" in text:
+            break
+        assert time.monotonic() < deadline, f"the agent did not start under runsv; log:\n{text}"
+        time.sleep(0.05)
+    # svlogd -tt stamps each line with UTC: 2026-03-02_08:00:00.12345
+    assert re.search(r"^\d{4}-\d\d-\d\d_\d\d:\d\d:\d\d\.\d+ ", text, re.M)
+    status = subprocess.run(
+        ["sv", "status", str(p.service)], capture_output=True, text=True, check=False
+    ).stdout
+    assert status.startswith("run: ") and "(pid " in status, status
+    pid = int(re.search(r"\(pid (\d+)\)", status).group(1))  # type: ignore[union-attr]
+    # runsv restarts it when it dies
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        status = subprocess.run(
+            ["sv", "status", str(p.service)], capture_output=True, text=True, check=False
+        ).stdout
+        m = re.search(r"^run: .*\(pid (\d+)\)", status)
+        if m and int(m.group(1)) != pid:
+            break
+        assert time.monotonic() < deadline, f"runsv did not restart the agent: {status}"
+        time.sleep(0.05)
+    assert json.dumps(FIX)  # the stand-in answered with the recorded format
