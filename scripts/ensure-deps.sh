@@ -12,6 +12,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 if [ "${TELEMATICS_WITH_GPSD:-1}" = 1 ]; then
   [ -x /usr/sbin/gpsd ] || need+=(gpsd)
   command -v gpsfake >/dev/null 2>&1 || need+=(gpsd-clients)
+  command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck) # the tests lint the install scripts
+  command -v runsvdir >/dev/null 2>&1 || need+=(runit) # the Termux service runs under runsvdir in a test
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies the unit files
 fi
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${TELEMATICS_WITH_BRIDGE_SERVERS:-1}" = 1 ]; then

@@ -17,13 +17,14 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
-import shutil
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.tools import need_tool
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -86,10 +87,7 @@ def bridge() -> dict[str, dict[str, list[str]]]:
 
 @pytest.fixture(scope="module")
 def systemd_analyze() -> str:
-    exe = shutil.which("systemd-analyze")
-    if exe is None:
-        pytest.skip("systemd-analyze not found (Debian package `systemd`); CI has it")
-    return exe
+    return need_tool("systemd-analyze", "systemd")
 
 
 def staged_copy(unit: Path, tmp: Path, extra: str = "") -> Path:

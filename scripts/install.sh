@@ -1,0 +1,582 @@
+#!/usr/bin/env bash
+# Install the telematics agent on Raspberry Pi OS / Debian (docs/SYSTEMD.md):
+# system users, a venv in /opt/telematics, config in /etc/telematics, the
+# systemd units and udev rules, optionally gpsd; then enable and start the agent.
+#
+# Idempotent: a second run changes nothing.  Re-running it from a newer checkout
+# upgrades in place (the venv is reinstalled only when the source changed) and
+# never touches an edited /etc/telematics/agent.toml.  --uninstall keeps the
+# config and the outbox (/var/lib/telematics) unless --purge is given.
+set -euo pipefail
+umask 022 # the venv and units must be readable by the service users whatever root's umask
+
+PROG=${0##*/}
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+
+usage() {
+  cat <<EOF
+usage: $PROG [--root DIR] [--bridge] [--with-gpsd] [--wheelhouse DIR] [--python PY] [--no-start]
+       $PROG [--root DIR] --uninstall [--purge]
+
+Installs the agent from this checkout ($SRC).
+
+  --root DIR        install into the directory tree DIR instead of / (an image, a
+                    chroot from outside, a test); users are added with
+                    useradd --prefix DIR; no service is started
+  --bridge          also the cloud bridge: user telematics-bridge, its unit, the
+                    [bridge] extras (kept on later runs once installed)
+  --with-gpsd       also apt-get install gpsd
+  --wheelhouse DIR  install Python packages from DIR only (pip --no-index), for
+                    vans without a network; DIR must also hold setuptools and wheel
+  --python PY       the Python to build the venv on (default /usr/bin/python3, >= 3.11)
+  --no-start        enable the units but do not start (or restart) them now
+  --uninstall       stop and disable the units, remove them, the udev rules and
+                    /opt/telematics; keep /etc/telematics and /var/lib/telematics
+  --purge           with --uninstall: remove those too, and the users
+EOF
+}
+
+die() {
+  printf '%s: %s\n' "$PROG" "$*" >&2
+  exit 1
+}
+say() { printf '%s\n' "$*"; }
+# One line per thing looked at: what was done to it.
+did() { printf '  %-10s %s\n' "$1" "$2"; }
+
+ROOT=""
+BRIDGE=0
+WITH_GPSD=0
+WHEELHOUSE=""
+PY=""
+NO_START=0
+UNINSTALL=0
+PURGE=0
+START_FAILED=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; shift ;;
+    --root=*) ROOT=${1#*=} ;;
+    --bridge) BRIDGE=1 ;;
+    --with-gpsd) WITH_GPSD=1 ;;
+    --wheelhouse) [ $# -ge 2 ] || die "--wheelhouse needs a directory"; WHEELHOUSE=$2; shift ;;
+    --wheelhouse=*) WHEELHOUSE=${1#*=} ;;
+    --python) [ $# -ge 2 ] || die "--python needs a path"; PY=$2; shift ;;
+    --python=*) PY=${1#*=} ;;
+    --no-start) NO_START=1 ;;
+    --uninstall) UNINSTALL=1 ;;
+    --purge) PURGE=1 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; printf '\n%s: unknown argument %s\n' "$PROG" "$1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge goes with --uninstall"
+
+[ "$(id -u)" = 0 ] || die "must be run as root (it adds system users and writes /etc, /opt): sudo $0 $*"
+
+if [ -n "$ROOT" ]; then
+  mkdir -p "$ROOT"
+  ROOT=$(cd "$ROOT" && pwd -P)
+  [ "$ROOT" != / ] || ROOT=""
+fi
+
+OPT=$ROOT/opt/telematics
+VENV=$OPT/venv
+SHARE=$OPT/share # what this script installed last: the pristine udev rules, the example config
+STAMP=$VENV/.telematics-install
+ETC=$ROOT/etc/telematics
+STATE=$ROOT/var/lib/telematics
+BR_ETC=$ROOT/etc/telematics-bridge
+BR_STATE=$ROOT/var/lib/telematics-bridge
+UNITDIR=$ROOT/etc/systemd/system
+RULES=$ROOT/etc/udev/rules.d/99-telematics.rules
+LINKDIR=$ROOT/usr/local/bin
+UNITS=(telematics-agent.service telematics-bridge.service)
+
+# systemctl/udevadm act on the running system only when it is this one and
+# systemd runs it; in a --root tree or a chroot they can only enable units.
+SYSTEMD_UP=0
+if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then SYSTEMD_UP=1; fi
+HAVE_SYSTEMCTL=0
+if command -v systemctl >/dev/null 2>&1; then HAVE_SYSTEMCTL=1; fi
+SYSTEMCTL=(systemctl)
+if [ -n "$ROOT" ]; then SYSTEMCTL=(systemctl "--root=$ROOT"); fi
+
+PREFIX=()
+if [ -n "$ROOT" ]; then PREFIX=(--prefix "$ROOT"); fi
+
+# -- users and groups (in $ROOT/etc with --root) ----------------------------------
+
+db_has() { # passwd|group NAME
+  if [ -n "$ROOT" ]; then
+    [ -f "$ROOT/etc/$1" ] && awk -F: -v n="$2" '$1 == n { f = 1 } END { exit !f }' "$ROOT/etc/$1"
+  else
+    getent "$1" "$2" >/dev/null
+  fi
+}
+
+id_of() { # passwd|group NAME -> numeric id
+  local id
+  if [ -n "$ROOT" ]; then
+    id=$(awk -F: -v n="$2" '$1 == n { print $3; exit }' "$ROOT/etc/$1")
+  else
+    id=$(getent "$1" "$2" | cut -d: -f3)
+  fi
+  [ -n "$id" ] || die "no $1 entry for $2"
+  printf '%s\n' "$id"
+}
+
+seed_root_db() {
+  # An empty tree has no /etc/passwd for useradd --prefix to add to: start it
+  # as debootstrap does, from base-passwd's masters (root, dialout, ...).
+  [ -n "$ROOT" ] && [ ! -f "$ROOT/etc/passwd" ] || return 0
+  mkdir -p "$ROOT/etc"
+  if [ -f /usr/share/base-passwd/passwd.master ] && [ -f /usr/share/base-passwd/group.master ]; then
+    install -m 0644 /usr/share/base-passwd/passwd.master "$ROOT/etc/passwd"
+    [ -f "$ROOT/etc/group" ] || install -m 0644 /usr/share/base-passwd/group.master "$ROOT/etc/group"
+  else
+    printf 'root:x:0:0:root:/root:/bin/bash\n' >"$ROOT/etc/passwd"
+    [ -f "$ROOT/etc/group" ] || printf 'root:x:0:\ndialout:x:20:\n' >"$ROOT/etc/group"
+  fi
+  did seeded "$ROOT/etc/passwd, $ROOT/etc/group (base-passwd)"
+}
+
+ensure_group() { # NAME
+  if db_has group "$1"; then
+    did exists "group $1"
+  else
+    groupadd ${PREFIX[@]+"${PREFIX[@]}"} --system "$1"
+    did created "group $1"
+  fi
+}
+
+ensure_user() { # NAME HOME COMMENT
+  if db_has passwd "$1"; then
+    did exists "user $1"
+    return
+  fi
+  local group=(--user-group)
+  if db_has group "$1"; then group=(--gid "$1"); fi # left over from an earlier install
+  useradd ${PREFIX[@]+"${PREFIX[@]}"} --system --home-dir "$2" --no-create-home \
+    --shell /usr/sbin/nologin --comment "$3" "${group[@]}" "$1"
+  did created "user $1 (home $2, no login)"
+}
+
+remove_user() { # NAME
+  if db_has passwd "$1"; then
+    userdel ${PREFIX[@]+"${PREFIX[@]}"} "$1"
+    did removed "user $1"
+  fi
+  if db_has group "$1"; then
+    if groupdel ${PREFIX[@]+"${PREFIX[@]}"} "$1"; then did removed "group $1"; else did kept "group $1 (still in use)"; fi
+  fi
+}
+
+# -- files ------------------------------------------------------------------------
+
+owner_mode() { stat -c '%u:%g %a' "$1"; }
+
+ensure_dir() { # PATH MODE UID GID: created if missing, else left as it is
+  if [ -d "$1" ]; then
+    did exists "$1/"
+  else
+    install -d -m "$2" -o "$3" -g "$4" "$1"
+    did created "$1/ ($2)"
+  fi
+}
+
+same_mode() { # PATH MODE(octal) UID GID
+  [ "$(owner_mode "$1")" = "$3:$4 $(printf '%o' "$((8#$2))")" ]
+}
+
+put_file() { # SRCFILE DEST MODE UID GID; returns 0 if it wrote the file
+  if [ -f "$2" ] && cmp -s "$1" "$2" && same_mode "$2" "$3" "$4" "$5"; then
+    did unchanged "$2"
+    return 1
+  fi
+  local what=installed
+  [ ! -e "$2" ] || what=updated
+  # Called as a condition, where set -e does not apply: fail explicitly.
+  install -D -m "$3" -o "$4" -g "$5" "$1" "$2" || die "cannot install $2"
+  did "$what" "$2"
+}
+
+install_rules() {
+  # The udev rules are edited on the van (section 1 pins a GPS by serial number),
+  # so they are handled like a dpkg conffile: replaced only while unedited.
+  local src=$SRC/systemd/99-telematics.rules pristine=$SHARE/99-telematics.rules
+  RULES_CHANGED=0
+  if [ ! -e "$RULES" ] || { [ -f "$pristine" ] && cmp -s "$RULES" "$pristine" && ! cmp -s "$src" "$RULES"; }; then
+    put_file "$src" "$RULES" 0644 0 0 && RULES_CHANGED=1
+  elif cmp -s "$src" "$RULES"; then
+    did unchanged "$RULES"
+  elif [ -f "$RULES.new" ] && cmp -s "$src" "$RULES.new"; then
+    did kept "$RULES (your edits; merge $RULES.new into it, then delete that)"
+  elif [ -f "$pristine" ] && cmp -s "$src" "$pristine"; then
+    did kept "$RULES (your edits)"
+  else
+    install -m 0644 "$src" "$RULES.new"
+    did kept "$RULES (your edits); this version's rules are in $RULES.new: merge, then delete it"
+  fi
+  if [ ! -f "$pristine" ] || ! cmp -s "$src" "$pristine"; then
+    install -D -m 0644 "$src" "$pristine"
+  fi
+}
+
+rules_edited() { # whether the installed rules differ from what this script last installed
+  [ -f "$RULES" ] || return 1
+  ! { [ -f "$SHARE/99-telematics.rules" ] && cmp -s "$RULES" "$SHARE/99-telematics.rules"; } &&
+    ! cmp -s "$RULES" "$SRC/systemd/99-telematics.rules"
+}
+
+# -- the venv -----------------------------------------------------------------------
+
+python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+minor_of() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'; }
+
+source_hash() {
+  # What `pip install .` would install: the stamp changes when any of it does.
+  (cd "$SRC" && find pyproject.toml README.md agent cloud_bridge simulators -type f \
+    ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) |
+    sha256sum | cut -c1-16
+}
+
+install_venv() {
+  UPGRADED=0
+  local extras="" minor want had
+  [ "$BRIDGE" = 0 ] || extras="[bridge]"
+  minor=$(minor_of "$PY")
+  if [ -e "$VENV" ]; then
+    had=$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo broken)
+    if [ "$had" != "$minor" ]; then
+      rm -rf "$VENV"
+      did removed "$VENV (built on Python $had, now $minor)"
+    fi
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+    did created "$VENV (Python $minor, $PY)"
+  fi
+  want="source $(source_hash) extras $extras python $minor"
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    did unchanged "$VENV (this checkout is installed)"
+    return
+  fi
+  # Build from a copy: pip builds in the source tree, which would leave build/
+  # and egg-info in the checkout (and a stale build/lib can resurrect deleted modules).
+  local stage pip_args=(--quiet --disable-pip-version-check --no-warn-script-location)
+  stage=$(mktemp -d)
+  # shellcheck disable=SC2064  # expand now: $stage is local
+  trap "rm -rf '$stage'" EXIT
+  tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' -cf - \
+    pyproject.toml README.md agent cloud_bridge simulators | (mkdir "$stage/src" && tar -C "$stage/src" -xf -)
+  if [ -n "$WHEELHOUSE" ]; then pip_args+=(--no-index --find-links "$WHEELHOUSE"); fi
+  say "  pip        installing fleet-telematics-agent$extras into $VENV${WHEELHOUSE:+ (from $WHEELHOUSE only)} ..."
+  "$VENV/bin/python" -m pip install "${pip_args[@]}" "$stage/src$extras" ||
+    die "pip install failed (network? use --wheelhouse DIR for an offline install)"
+  rm -rf "$stage"
+  trap - EXIT
+  # The unit sets PYTHONDONTWRITEBYTECODE (the venv is read-only to the agent):
+  # compile everything now so no start pays for it.
+  "$VENV/bin/python" -m compileall -q "$VENV/lib" >/dev/null ||
+    say "  note       compileall reported errors (in files the agent does not import, or it would not run)"
+  printf '%s\n' "$want" >"$STAMP"
+  UPGRADED=1
+  did installed "$("$VENV/bin/python" -m pip --disable-pip-version-check list 2>/dev/null |
+    awk '$1 == "fleet-telematics-agent" { print $1 " " $2 }') in $VENV"
+}
+
+link_cli() { # NAME: $LINKDIR/NAME -> the venv's console script
+  local target=/opt/telematics/venv/bin/$1 link=$LINKDIR/$1
+  if [ -L "$link" ] && [ "$(readlink "$link")" = "$target" ]; then
+    did unchanged "$link -> $target"
+  elif [ -e "$link" ] || [ -L "$link" ]; then
+    did kept "$link (not ours; run $target)"
+  else
+    mkdir -p "$LINKDIR"
+    ln -s "$target" "$link"
+    did created "$link -> $target"
+  fi
+}
+
+unlink_cli() { # NAME
+  local link=$LINKDIR/$1
+  if [ -L "$link" ] && [ "$(readlink "$link")" = "/opt/telematics/venv/bin/$1" ]; then
+    rm -f "$link"
+    did removed "$link"
+  fi
+}
+
+# -- services ---------------------------------------------------------------------
+
+# Why a unit is enabled but not started now ("" = start it): its config is the
+# template just installed, or fails `telematics-agent config check`.
+declare -A HOLD=()
+
+enable_units() { # UNIT... ; CHANGED=1 when a unit file or the code changed
+  local unit
+  if [ "$SYSTEMD_UP" = 1 ]; then
+    systemctl daemon-reload
+    for unit in "$@"; do
+      local was_active=0
+      if systemctl -q is-active "$unit"; then was_active=1; fi
+      if systemctl -q is-enabled "$unit" 2>/dev/null; then did unchanged "$unit enabled"; else
+        systemctl -q enable "$unit"
+        did enabled "$unit"
+      fi
+      if [ "$NO_START" = 1 ]; then
+        did skipped "starting $unit (--no-start)"
+      elif [ -n "${HOLD[$unit]:-}" ]; then
+        did skipped "starting $unit: ${HOLD[$unit]}"
+      elif [ "$was_active" = 1 ] && [ "$CHANGED" = 0 ]; then
+        did unchanged "$unit running"
+      else
+        local verb=start label=started why=""
+        if [ "$was_active" = 1 ]; then verb=restart label=restarted why=" (new code or unit)"; fi
+        # Type=notify: this waits for READY=1 or the failure.  A failure is
+        # reported, not fatal: everything is installed, the unit retries every 5 s.
+        if systemctl "$verb" "$unit"; then did "$label" "$unit$why"; else
+          did FAILED "$verb $unit: journalctl -u $unit -b"
+          START_FAILED=1
+        fi
+      fi
+    done
+  elif [ "$HAVE_SYSTEMCTL" = 1 ]; then
+    # A --root tree or a chroot: enabling is only symlinks, which systemctl can
+    # make offline; starting waits for the next boot.
+    for unit in "$@"; do
+      if "${SYSTEMCTL[@]}" -q is-enabled "$unit" 2>/dev/null; then did unchanged "$unit enabled"; else
+        local out
+        out=$("${SYSTEMCTL[@]}" -q enable "$unit" 2>&1) || die "systemctl enable $unit: $out"
+        did enabled "$unit"
+      fi
+    done
+    did skipped "systemctl daemon-reload/start ($([ -n "$ROOT" ] && echo "--root" || echo "systemd is not running"); the units start at boot)"
+  else
+    did skipped "enabling $* (no systemctl here)"
+  fi
+}
+
+reload_udev() {
+  if [ "$SYSTEMD_UP" = 1 ] && command -v udevadm >/dev/null 2>&1; then
+    udevadm control --reload
+    udevadm trigger --subsystem-match=tty --subsystem-match=i2c-dev
+    did reloaded "udev rules (tty, i2c-dev triggered)"
+  else
+    did skipped "udevadm control --reload && udevadm trigger ($([ -n "$ROOT" ] && echo "--root" || echo "no running udev")); the rules apply at boot"
+  fi
+}
+
+# -- install --------------------------------------------------------------------------
+
+do_install() {
+  grep -qs '^name = "fleet-telematics-agent"' "$SRC/pyproject.toml" ||
+    die "$SRC is not the fleet-telematics-agent checkout this script belongs to"
+  if [ -z "$PY" ]; then
+    if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=$(command -v python3 || true); fi
+  fi
+  [ -x "${PY:-/nonexistent}" ] || die "no Python at ${PY:-(python3 not found)}: apt-get install python3 python3-venv"
+  python_ok "$PY" || die "$PY is Python $(minor_of "$PY" 2>/dev/null || echo '?'); the agent needs >= 3.11 (Debian 12 bookworm or later)"
+  if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
+    if [ -z "$ROOT" ] && [ "$PY" = /usr/bin/python3 ] && command -v apt-get >/dev/null 2>&1; then
+      say "  apt-get    install python3-venv (Raspberry Pi OS Lite lacks it)"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    else
+      die "$PY cannot make a venv: apt-get install python3-venv"
+    fi
+  fi
+  [ -z "$WHEELHOUSE" ] || [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE: no such directory"
+  if [ -f "$UNITDIR/telematics-bridge.service" ] && [ "$BRIDGE" = 0 ]; then
+    BRIDGE=1
+    say "(the bridge was installed before: keeping it; --uninstall removes everything)"
+  fi
+
+  say "Installing the telematics agent from $SRC${ROOT:+ into $ROOT}"
+  say "users and groups:"
+  seed_root_db
+  ensure_group i2c # the unit's SupplementaryGroups=dialout i2c; plain Debian lacks i2c
+  db_has group dialout || ensure_group dialout
+  ensure_user telematics /var/lib/telematics "Fleet telematics agent"
+  [ "$BRIDGE" = 0 ] || ensure_user telematics-bridge /var/lib/telematics-bridge "Fleet telematics bridge"
+  local uid gid
+  uid=$(id_of passwd telematics)
+  gid=$(id_of group telematics)
+
+  say "venv:"
+  mkdir -p "$OPT"
+  install_venv
+  link_cli telematics-agent
+  [ "$BRIDGE" = 0 ] || link_cli telematics-bridge
+
+  say "configuration and state:"
+  ensure_dir "$ETC" 0755 0 0 # ConfigurationDirectory=: root's, read-only to the agent
+  if [ -e "$ETC/agent.toml" ]; then
+    did kept "$ETC/agent.toml (never overwritten)"
+  else
+    install -m 0640 -o 0 -g "$gid" "$SRC/config/agent.example.toml" "$ETC/agent.toml"
+    did installed "$ETC/agent.toml (the example: edit it)"
+    HOLD[telematics-agent.service]="the config is the example; edit $ETC/agent.toml first"
+  fi
+  put_file "$SRC/config/agent.example.toml" "$SHARE/agent.example.toml" 0644 0 0 || true
+  # Secrets: owned by the agent, 0600, or the agent refuses them (agent/config.py).
+  local secret fresh=""
+  if [ ! -e "$ETC/mqtt-password" ]; then
+    install -m 0600 -o "$uid" -g "$gid" /dev/null "$ETC/mqtt-password"
+    did created "$ETC/mqtt-password (empty, 0600 telematics)"
+    fresh=$ETC/mqtt-password
+  fi
+  for secret in "$ETC/mqtt-password" "$ETC"/*.key; do
+    if [ ! -f "$secret" ] || [ "$secret" = "$fresh" ]; then continue; fi
+    if same_mode "$secret" 0600 "$uid" "$gid"; then did unchanged "$secret (0600 telematics)"; else
+      chown "$uid:$gid" "$secret"
+      chmod 0600 "$secret"
+      did fixed "$secret -> 0600 telematics (the agent refuses a secret others can read)"
+    fi
+  done
+  ensure_dir "$STATE" 0700 "$uid" "$gid" # StateDirectory=: the outbox
+  if [ "$BRIDGE" = 1 ]; then
+    local buid bgid
+    buid=$(id_of passwd telematics-bridge)
+    bgid=$(id_of group telematics-bridge)
+    ensure_dir "$BR_ETC" 0755 0 0
+    if [ -e "$BR_ETC/bridge.env" ]; then did kept "$BR_ETC/bridge.env"; else
+      printf '%s\n' "# telematics-bridge.service reads this (docs/SYSTEMD.md, docs/BRIDGE.md)." \
+        "#TELEMATICS_BRIDGE_DB=postgresql://bridge@db.internal/telematics" \
+        "#TELEMATICS_BRIDGE_ARGS=--host broker.internal --port 8883 --ca /etc/telematics-bridge/ca.pem" |
+        install -m 0640 -o 0 -g "$bgid" /dev/stdin "$BR_ETC/bridge.env"
+      did installed "$BR_ETC/bridge.env (commented template)"
+      HOLD[telematics-bridge.service]="edit $BR_ETC/bridge.env first"
+    fi
+    ensure_dir "$BR_STATE" 0700 "$buid" "$bgid"
+  fi
+
+  if [ -z "$ROOT" ] && [ -z "${HOLD[telematics-agent.service]:-}" ]; then
+    # As the unit will read it: as user telematics (a secret root can read but
+    # the agent cannot is the classic first-boot failure).
+    local verdict
+    if verdict=$(setpriv --reuid="$uid" --regid="$gid" --clear-groups \
+      "$VENV/bin/telematics-agent" config check "$ETC/agent.toml" 2>&1); then
+      did checked "$verdict"
+    else
+      did FAILED "config check as user telematics: $verdict"
+      HOLD[telematics-agent.service]="fix $ETC/agent.toml first (see above)"
+    fi
+  fi
+
+  say "systemd and udev:"
+  CHANGED=$UPGRADED
+  local units=(telematics-agent.service) unit
+  [ "$BRIDGE" = 0 ] || units+=(telematics-bridge.service)
+  for unit in "${units[@]}"; do
+    if put_file "$SRC/systemd/$unit" "$UNITDIR/$unit" 0644 0 0; then CHANGED=1; fi
+  done
+  install_rules
+  [ "$RULES_CHANGED" = 0 ] || reload_udev
+  enable_units "${units[@]}"
+
+  if [ "$WITH_GPSD" = 1 ]; then
+    say "gpsd:"
+    if [ -n "$ROOT" ]; then
+      did skipped "apt-get install gpsd (--root: install it inside the image)"
+    elif dpkg-query -W -f '${Status}' gpsd 2>/dev/null | grep -q 'ok installed'; then
+      did exists "gpsd (package)"
+    else
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gpsd >/dev/null
+      did installed "gpsd (package)"
+    fi
+    say "  note       to let gpsd own the receiver: DEVICES=\"/dev/gps0\" in /etc/default/gpsd,"
+    say "             systemctl restart gpsd, and in agent.toml [gps] source = \"gpsd\" (port 2947)."
+    say "             The agent and gpsd must not both open /dev/gps0.  gpsd's USB hotplug"
+    say "             also takes the chips ELM327 clones use (PL2303, CP210x): with an OBD"
+    say "             adapter fitted set USBAUTO=\"false\" there too."
+  fi
+
+  say ""
+  say "Done.  Next:"
+  say "  1. edit /etc/telematics/agent.toml: device.id, gps.device (/dev/gps0 with the udev"
+  say "     rules), mqtt.host and [mqtt.tls] (CA, client cert; keys 0600 owned by telematics);"
+  say "     the MQTT password goes in /etc/telematics/mqtt-password with"
+  say "     mqtt.password_file = \"/etc/telematics/mqtt-password\"."
+  say "  2. telematics-agent check -c /etc/telematics/agent.toml"
+  if [ "$SYSTEMD_UP" = 1 ]; then
+    say "  3. systemctl restart telematics-agent && journalctl -u telematics-agent -f"
+  else
+    say "  3. boot the van; then systemctl status telematics-agent, journalctl -u telematics-agent"
+  fi
+  say "Re-run this script from a newer checkout to upgrade; the config is kept."
+  if [ "$START_FAILED" = 1 ]; then
+    say ""
+    die "installed, but a unit failed to start (above): see its journal"
+  fi
+}
+
+# -- uninstall ----------------------------------------------------------------------
+
+do_uninstall() {
+  say "Uninstalling the telematics agent${ROOT:+ from $ROOT}"
+  local unit dir present=()
+  for unit in "${UNITS[@]}"; do
+    [ ! -f "$UNITDIR/$unit" ] || present+=("$unit")
+  done
+  say "systemd and udev:"
+  for unit in ${present[@]+"${present[@]}"}; do
+    if [ "$SYSTEMD_UP" = 1 ]; then
+      systemctl -q disable --now "$unit" || true
+      did stopped "$unit, disabled"
+    elif [ "$HAVE_SYSTEMCTL" = 1 ]; then
+      "${SYSTEMCTL[@]}" -q disable "$unit" >/dev/null 2>&1 || true
+      did disabled "$unit"
+    fi
+    rm -f "$ROOT/etc/systemd/system/multi-user.target.wants/$unit" "$UNITDIR/$unit"
+    did removed "$UNITDIR/$unit"
+  done
+  [ "$SYSTEMD_UP" = 0 ] || systemctl daemon-reload
+  if [ -f "$RULES" ] && rules_edited && [ "$PURGE" = 0 ]; then
+    did kept "$RULES (edited; --purge removes it)"
+  elif [ -f "$RULES" ]; then
+    rm -f "$RULES"
+    did removed "$RULES"
+    reload_udev
+  fi
+  rm -f "$RULES.new"
+
+  say "venv:"
+  unlink_cli telematics-agent
+  unlink_cli telematics-bridge
+  if [ -e "$OPT" ]; then
+    rm -rf "$OPT"
+    did removed "$OPT"
+  fi
+
+  say "configuration, state and users:"
+  if [ "$PURGE" = 1 ]; then
+    for dir in "$ETC" "$STATE" "$BR_ETC" "$BR_STATE"; do
+      if [ -e "$dir" ]; then
+        rm -rf "$dir"
+        did removed "$dir"
+      fi
+    done
+    remove_user telematics
+    remove_user telematics-bridge
+    did kept "group i2c (other software may use it)"
+  else
+    local kept=()
+    for dir in "$ETC" "$STATE" "$BR_ETC" "$BR_STATE"; do
+      [ ! -e "$dir" ] || kept+=("$dir")
+    done
+    for dir in ${kept[@]+"${kept[@]}"}; do
+      did kept "$dir"
+    done
+    local user
+    for user in telematics telematics-bridge; do
+      if db_has passwd "$user"; then did kept "user $user"; fi
+    done
+    did kept "group i2c"
+    say "The outbox (unsent records) and the config are still there; --uninstall --purge removes them."
+  fi
+  [ "$WITH_GPSD" = 0 ] || say "gpsd is a Debian package: apt-get purge gpsd, if nothing else uses it."
+  say "Done."
+}
+
+if [ "$UNINSTALL" = 1 ]; then do_uninstall; else do_install; fi
