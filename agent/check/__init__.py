@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from agent.buffer.peek import lock_holder, read_state
 from agent.check.broker import probe_broker
-from agent.check.buffer import lock_holder, probe_buffer, read_state
+from agent.check.buffer import probe_buffer
 from agent.check.clock import clock_row
 from agent.check.gps import NMEA_WINDOW_S, probe_gps
 from agent.check.imu import mounting_row, probe_imu

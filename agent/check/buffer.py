@@ -17,16 +17,18 @@ Two rows:
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from agent.buffer.peek import (
+    OutboxUnreadable,
+    backlog,
+    human_age,
+    read_only,
+)
 from agent.check.report import Row
 
 DISK_FAIL_BYTES = 64 * 1024 * 1024  # a day offline at 1 Hz is ~20 MB of outbox
@@ -34,98 +36,17 @@ DISK_WARN_BYTES = 512 * 1024 * 1024
 _MIB = 1024 * 1024
 
 
-class OutboxUnreadable(Exception):
-    """The outbox file exists but cannot be read as an SQLite database."""
-
-
-@contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    """The outbox opened read-only; never creates the database, never writes to it."""
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
-    try:
-        con = sqlite3.connect(uri, uri=True, timeout=2.0)
-    except sqlite3.Error as exc:
-        raise OutboxUnreadable(str(exc)) from exc
-    with closing(con):
-        yield con
-
-
-def read_state(path: Path, key: str) -> str | None:
-    """A durable state value the agent keeps beside the outbox (``Outbox.get_state``), or None."""
-    if not path.is_file():
-        return None
-    try:
-        with read_only(path) as con:
-            row = con.execute("SELECT value FROM meta WHERE key = ?", (f"state:{key}",)).fetchone()
-    except (sqlite3.Error, OutboxUnreadable):
-        return None
-    return None if row is None else str(row[0])
-
-
-def lock_holder(outbox: Path, locks: str | None = None) -> int | None:
-    """Pid of the process holding the outbox's ``.lock`` (a running agent), from /proc/locks.
-
-    Read, never tried: taking the lock even for a moment could make an agent
-    starting at that instant fail.  ``locks`` is the file's text (for tests).
-    """
-    lock = outbox.parent / (outbox.name + ".lock")
-    try:
-        st = lock.stat()
-        if locks is None:
-            locks = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in locks.splitlines():
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2187811 0 EOF" ("->" marks a waiter)
-        if "FLOCK" in fields and "->" not in fields and ident in fields:
-            try:
-                return int(fields[fields.index(ident) - 1])
-            except ValueError:
-                return None
-    return None
-
-
-def _age(body: str, now: datetime) -> float | None:
-    """Seconds since a stored record's ``ts`` (None when it has none)."""
-    try:
-        ts = json.loads(body).get("ts")
-        if not isinstance(ts, str):
-            return None
-        return (now - datetime.fromisoformat(ts.replace("Z", "+00:00"))).total_seconds()
-    except (ValueError, AttributeError):
-        return None
-
-
-def _human_age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 def outbox_facts(con: sqlite3.Connection, now: datetime) -> dict[str, Any]:
     """Integrity, owner and backlog of an open outbox (read-only queries)."""
     check = [str(r[0]) for r in con.execute("PRAGMA quick_check").fetchall()]
     meta = dict(con.execute("SELECT key, value FROM meta WHERE key NOT LIKE 'state:%'").fetchall())
-    waiting = dict(con.execute("SELECT stream, COUNT(*) FROM outbox GROUP BY stream").fetchall())
-    oldest: float | None = None
-    for (body,) in con.execute(
-        "SELECT body FROM outbox WHERE seq IN (SELECT MIN(seq) FROM outbox GROUP BY stream)"
-    ):
-        age = _age(str(body), now)
-        if age is not None and (oldest is None or age > oldest):
-            oldest = age
+    waiting = backlog(con, now.timestamp())
     return {
         "quick_check": check,
         "device": meta.get("device"),
         "epoch": meta.get("epoch"),
-        "waiting": {str(k): int(v) for k, v in waiting.items()},
-        "oldest_age_s": None if oldest is None else round(oldest, 1),
+        "waiting": {k: n for k, n in waiting["waiting"].items() if n},
+        "oldest_age_s": waiting["oldest_age_s"],
     }
 
 
@@ -157,7 +78,7 @@ def file_row(path: Path, facts: dict[str, Any], device: str, agent_pid: int | No
     total = sum(facts["waiting"].values())
     backlog = f"{total} records waiting"
     if total and facts["oldest_age_s"] is not None:
-        backlog += f", oldest {_human_age(facts['oldest_age_s'])} old"
+        backlog += f", oldest {human_age(facts['oldest_age_s'])} old"
     running = f"; in use by the agent (pid {agent_pid})" if agent_pid is not None else ""
     return Row("buffer.file", "pass", f"{path}: intact, {backlog}{running}", data=data)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.backoff import Backoff
-from agent.check.buffer import read_state
+from agent.buffer.peek import read_state
 from agent.check.report import Row, Status
 from agent.config import ImuConfig
 from agent.imu.i2c import I2cBus, I2cImuSource, ImuSettings

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from agent.buffer.peek import lock_holder
 from agent.check import required_groups
 from agent.check.broker import login_failure, tls_pass
-from agent.check.buffer import DISK_FAIL_BYTES, DISK_WARN_BYTES, disk_row, lock_holder
+from agent.check.buffer import DISK_FAIL_BYTES, DISK_WARN_BYTES, disk_row
 from agent.check.clock import clock_row
 from agent.check.gps import NmeaSniffer, fix_row, nmea_row, wrong_baud_fix
 from agent.check.report import Row, exit_status, format_table, to_json

@@ -209,7 +209,7 @@ def test_agent_running_is_left_alone(good: Setup, tmp_path: Path) -> None:
         path = Path(str(good.sections["buffer"]["path"]))
         lock = path.with_name(path.name + ".lock")
         deadline = time.monotonic() + 20
-        from agent.check.buffer import lock_holder
+        from agent.buffer.peek import lock_holder
 
         while lock_holder(path) != agent.pid:
             assert agent.poll() is None, (tmp_path / "agent.log").read_text()
