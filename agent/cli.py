@@ -1,7 +1,9 @@
-"""``telematics-agent``: run the daemon, check a config, replay a recording.
+"""``telematics-agent``: run the daemon, check a config, show its status, replay a recording.
 
 Exit status: 0 ok, 1 runtime failure, 2 bad configuration or usage, 75 a
 ``restart`` command asked for a restart (systemd's Restart= and runit start it again).
+``status`` follows LSB: 0 running and healthy, 1 running but degraded, 3 not
+running, 4 unknown (docs/STATUS.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
-from agent import __version__
+from agent import __version__, logs
 from agent.buffer.outbox import OutboxError
 from agent.config import (
     AgentConfig,
@@ -34,6 +36,7 @@ from agent.geofence.model import ZoneError as ZoneFileError
 from agent.messages import batch_json, record_body, with_seq
 from agent.pipeline import Output
 from agent.sdnotify import Notifier
+from agent.status import BACKLOG_S, EXIT_UNKNOWN, NO_FIX_S, OFFLINE_S, Limits
 
 EXIT_CONFIG = 2
 
@@ -55,6 +58,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     ck.add_argument("--json", action="store_true", help="print the rows as JSON")
     ck.add_argument("--verbose", "-v", action="store_true", help="show the agent's logs")
+    st = sub.add_parser(
+        "status",
+        help="live health of the running agent (exit 0 ok, 1 degraded, 3 not running)",
+        description="Live health of the agent running with this config, from the status file "
+        "it keeps beside its outbox; the backlog from the outbox when it is not running. "
+        "Exit status: 0 running and healthy, 1 running but degraded, 3 not running, 4 unknown.",
+    )
+    st.add_argument("--config", "-c", type=Path, required=True)
+    st.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    st.add_argument(
+        "--no-fix-after",
+        type=float,
+        default=NO_FIX_S,
+        metavar="S",
+        help=f"degraded without a GPS fix for this long (default {NO_FIX_S:g} s)",
+    )
+    st.add_argument(
+        "--offline-after",
+        type=float,
+        default=OFFLINE_S,
+        metavar="S",
+        help=f"degraded when not connected this long (default {OFFLINE_S:g} s)",
+    )
+    st.add_argument(
+        "--backlog-after",
+        type=float,
+        default=BACKLOG_S,
+        metavar="S",
+        help=f"degraded when the oldest unsent record is this old (default {BACKLOG_S:g} s)",
+    )
     rp = sub.add_parser("replay", help="run the pipeline on a recording, print what it would send")
     rp.add_argument("--nmea", type=Path, help="recorded NMEA 0183 file")
     rp.add_argument(
@@ -256,9 +289,7 @@ EXIT_RESTART = 75  # EX_TEMPFAIL: "try again", so any restart policy restarts it
 def _run(cfg: AgentConfig) -> int:
     from agent.runtime import Agent, gps_source
 
-    logging.basicConfig(
-        level=cfg.log.level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logs.setup_logging(cfg.log.level, secrets=logs.secret_values(cfg))
     try:
         agent = Agent(cfg, gps_source(cfg.gps), notifier=Notifier.from_env())
     except (ValueError, OSError) as exc:
@@ -273,7 +304,10 @@ def _run(cfg: AgentConfig) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await agent.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        logs.shutdown()
     return EXIT_RESTART if agent.restart_requested else 0
 
 
@@ -287,9 +321,17 @@ def main(argv: list[str] | None = None) -> int:
             from agent.check import check_command
 
             assert cfg is not None
+            if args.verbose:  # the check's own basicConfig then keeps these handlers
+                logs.setup_logging(logging.DEBUG, secrets=logs.secret_values(cfg))
             return check_command(
                 cfg, timeout=max(1.0, args.timeout), as_json=args.json, verbose=args.verbose
             )
+        if args.cmd == "status":
+            from agent.status import status_command
+
+            assert cfg is not None
+            limits = Limits(args.no_fix_after, args.offline_after, args.backlog_after)
+            return status_command(cfg.buffer.path, as_json=args.json, limits=limits)
         if args.cmd == "replay":
             if args.candump is not None:
                 if args.nmea or args.obd:
@@ -322,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     except BrokenPipeError:
         return 0
+    except PermissionError as exc:  # e.g. the password file, as another user than the agent's
+        print(
+            f"error: {exc.filename or exc}: permission denied (run as the agent's user or root)",
+            file=sys.stderr,
+        )
+        return EXIT_UNKNOWN if args.cmd == "status" else EXIT_CONFIG
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: no such file", file=sys.stderr)
         return EXIT_CONFIG

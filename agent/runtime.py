@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import sqlite3
 import time
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from pydantic import ValidationError
 
-from agent import __version__
+from agent import __version__, logs
 from agent.buffer.outbox import Outbox
 from agent.clock import Clock
 from agent.commands import Answer, accept
@@ -58,6 +59,7 @@ from agent.obd.service import ObdService
 from agent.pipeline import ImuClock, Pipeline, geofence_detector
 from agent.remote_config import ConfigGate, Decision
 from agent.sdnotify import Notifier, WatchdogPinger
+from agent.status import StatusFile, agent_doc, fix_summary, status_path
 from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,13 @@ class Agent:
                 )
             )
         self._trim_told = -TRIM_EVENT_S
+        # `telematics-agent status` reads this file (agent.status); written off the loop.
+        self.status_file = StatusFile(
+            status_path(cfg.buffer.path), cfg.buffer.path, redact=logs.redact
+        )
+        self._status_job: asyncio.Future[None] | None = None
+        self._config_hash = cfg.digest()
+        self._started_wall = time.time()
 
     # -- configuration pushed from the cloud -----------------------------------
 
@@ -487,8 +496,13 @@ class Agent:
         health = self.health() if state == "online" else {}
         return status_json(self.cfg, self.outbox, self.clock, state, health)
 
-    def health(self) -> dict[str, Any]:
-        """What works and what does not, for status and commissioning."""
+    def health(self, *, counts: bool = True) -> dict[str, Any]:
+        """What works and what does not, for status and commissioning.
+
+        ``counts=False`` leaves out the outbox's per-stream counts (a scan of
+        the outbox): the status file counts on its own thread.
+        """
+        depth = self.outbox.depth() if counts else {"uncommitted": self.outbox.uncommitted}
         return {
             "clock": self.clock.basis,
             "waiting_for_time": len(self._untimed),
@@ -499,7 +513,7 @@ class Agent:
             **({"obd": self._obd_health()} if self.obd is not None else {}),
             "imu": self._imu_health(),
             "outbox": {
-                **self.outbox.depth(),
+                **depth,
                 "dropped": self.outbox.dropped,
                 "used_mb": round(self.outbox.used_bytes() / 1048576, 2),
                 **self.outbox.trimmed,
@@ -564,6 +578,63 @@ class Agent:
             if self.outbox.commit_due() and self.outbox.commit():
                 self.uplink.wake()
             self._tell_trimmed()
+            self._write_status()
+            logs.tick()
+
+    # -- the status file (telematics-agent status) --------------------------------
+
+    def status_doc(self, state: str) -> dict[str, Any]:
+        """The status file's content: what is in memory only, no outbox scan."""
+        now = self._mono()
+        fix = self._last_fix
+        last_fix = None
+        if fix is not None:
+            last_fix = fix_summary(
+                fix.time,
+                fix.lat,
+                fix.lon,
+                now - fix.mono,
+                speed_ms=fix.speed,
+                sats=fix.sats_used,
+                hdop=fix.hdop,
+            )
+        return agent_doc(
+            state=state,
+            pid=os.getpid(),
+            boot_id=self.status_file.boot_id,
+            device=self.cfg.device.id,
+            version=__version__,
+            config_hash=self._config_hash,
+            epoch=self.outbox.epoch,
+            outbox=self.cfg.buffer.path,
+            started_wall=self._started_wall,
+            uptime_s=now - self.started_mono,
+            wall=time.time(),
+            mono=time.monotonic(),
+            utc_now=self.clock.now(),
+            health=self.health(counts=False),
+            last_fix=last_fix,
+        )
+
+    async def _final_status(self) -> dict[str, Any] | None:
+        """The ``stopped`` snapshot, once the last periodic write is done; never raises."""
+        try:
+            if self._status_job is not None:
+                await self._status_job
+            return self.status_doc("stopped")
+        except (Exception, asyncio.CancelledError):
+            log.exception("status file: cannot write the final snapshot")
+            return None
+
+    def _write_status(self) -> None:
+        """Every few seconds, a snapshot to the status file, written on a worker thread."""
+        if self._status_job is not None and not self._status_job.done():
+            return  # the last one is still being written: skip, never queue
+        if not self.status_file.due():
+            return
+        doc = self.status_doc("running")
+        loop = asyncio.get_running_loop()
+        self._status_job = loop.run_in_executor(None, self.status_file.write, doc)
 
     def _tell_trimmed(self) -> None:
         """One ``buffer_trimmed`` event per TRIM_EVENT_S for what the caps removed."""
@@ -606,6 +677,7 @@ class Agent:
             tasks.append(asyncio.create_task(self._read_imu(), name="imu"))
         # Ready without waiting for the broker: an offline van is still working.
         self.notifier.ready(f"device {self.cfg.device.id}")
+        self._write_status()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -619,7 +691,12 @@ class Agent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            final = await self._final_status()
             self.outbox.close()
+            if final is not None:
+                # After the last commit: the backlog it leaves behind.
+                final["outbox"]["uncommitted"] = self.outbox.uncommitted
+                self.status_file.write(final)
             if self._obd_log is not None:
                 self._obd_log.close()
             log.info("agent stopped; last seq %d", self.outbox.last_seq)

@@ -77,6 +77,9 @@ class UplinkStats:
     failed_acks: int = 0
     last_error: str | None = None
     connected_since: float | None = None
+    down_since: float | None = None  # monotonic; from the start until the first connect
+    last_ack: float | None = None  # monotonic time of the last PUBACK of records
+    last_acked_seq: int | None = None  # highest seq that PUBACK carried
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,7 +115,7 @@ class Uplink:
         self._ack_timeout_s = ack_timeout_s
         self._tick_s = tick_s
         self._mono = mono  # the telemetry hold's clock (a bench replays a drive at speed)
-        self.stats = UplinkStats()
+        self.stats = UplinkStats(down_since=time.monotonic())
         self._inflight: dict[int, _InFlight] = {}
         self._order = {s: SendOrder(cfg.live_lane_after) for s in STREAMS}
         self._status_at = 0.0
@@ -274,6 +277,7 @@ class Uplink:
         self.stats.connected = True
         self.stats.connects += 1
         self.stats.connected_since = time.monotonic()
+        self.stats.down_since = None
         self.stats.last_error = None
         self._wake.set()
 
@@ -281,6 +285,7 @@ class Uplink:
         if self.stats.connected:
             log.warning("disconnected: %s", reason)
             self.stats.disconnects += 1
+            self.stats.down_since = time.monotonic()
         self.stats.connected = False
         self.stats.connected_since = None
 
@@ -299,6 +304,8 @@ class Uplink:
             self._reject.reset()
             self.outbox.ack(entry.seqs)
             self.stats.acked_records += len(entry.seqs)
+            self.stats.last_ack = time.monotonic()
+            self.stats.last_acked_seq = max(entry.seqs)
         self._wake.set()
 
     def wake(self) -> None:
@@ -418,14 +425,19 @@ class Uplink:
 
     def status(self) -> dict[str, Any]:
         s = self.stats
+        now = time.monotonic()
         return {
             "connected": s.connected,
             "broker": f"{self.cfg.host}:{self.cfg.port}",
             "tls": self.cfg.tls is not None,
             "connects": s.connects,
+            "reconnects": max(0, s.connects - 1),
             "disconnects": s.disconnects,
+            "down_s": None if s.down_since is None else round(now - s.down_since, 1),
             "publishes": s.publishes,
             "acked_records": s.acked_records,
+            "last_ack_s": None if s.last_ack is None else round(now - s.last_ack, 1),
+            "last_acked_seq": s.last_acked_seq,
             "failed_acks": s.failed_acks,
             "inflight": len(self._inflight),
             "last_error": s.last_error,

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from agent.logs import setup_logging
 from cloud_bridge.db import describe_url
 from cloud_bridge.storage import BridgeStore, StorageError
 from cloud_bridge.subscriber import Bridge, BridgeSettings
@@ -104,12 +105,12 @@ def _serve_http(app: Any, where: str) -> tuple[Any, threading.Thread]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
     password = None
     if args.password_file is not None:
         password = args.password_file.read_text(encoding="utf-8").strip()
+    # The agent's logging: journald priorities under systemd, repeats summarised,
+    # the broker password and URL credentials (a PostgreSQL DSN) masked.
+    setup_logging(args.log_level.upper(), secrets=[password] if password else [])
     settings = BridgeSettings(
         host=args.host,
         port=args.port,

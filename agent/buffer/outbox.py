@@ -391,13 +391,18 @@ class Outbox:
                 (f"state:{key}", value),
             )
 
+    @property
+    def uncommitted(self) -> int:
+        """Records added but not yet committed (a kill -9 now would lose them)."""
+        return len(self._pending)
+
     def depth(self) -> dict[str, int]:
         """Committed rows waiting per stream, plus records not yet committed."""
         counts: dict[str, int] = dict.fromkeys(STREAMS, 0)
         counts.update(
             self._db.execute("SELECT stream, COUNT(*) FROM outbox GROUP BY stream").fetchall()
         )
-        counts["uncommitted"] = len(self._pending)
+        counts["uncommitted"] = self.uncommitted
         return counts
 
     def close(self) -> None:
