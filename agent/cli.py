@@ -15,6 +15,7 @@ import hashlib
 import logging
 import signal
 import sys
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from agent import __version__, logs
 from agent.buffer.outbox import OutboxError
 from agent.config import (
     AgentConfig,
+    BufferConfig,
     ConfigError,
     GeofenceConfig,
     ImuConfig,
@@ -311,11 +313,46 @@ def _run(cfg: AgentConfig) -> int:
     return EXIT_RESTART if agent.restart_requested else 0
 
 
+def _status_outbox(path: Path) -> Path | None:
+    """The outbox whose agent ``status`` reports on, from the config's ``buffer.path``.
+
+    Read leniently: a config being edited (a typo elsewhere, a TLS file not
+    there yet) must not hide the health of the agent that runs.  None (exit
+    4, status unknown) when the file cannot be read at all.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except PermissionError:
+        print(
+            f"error: {path}: permission denied (run as root or the agent's user)", file=sys.stderr
+        )
+        return None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        return None
+    try:
+        return load_config(path).buffer.path
+    except ConfigError as exc:
+        buffer = raw.get("buffer")
+        given = buffer.get("path") if isinstance(buffer, dict) else None
+        outbox = Path(given) if isinstance(given, str) else BufferConfig().path
+        print(f"note: the config has an error ({exc}); the outbox is {outbox}", file=sys.stderr)
+        return outbox
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "config":
             return _config_check(args.file)
+        if args.cmd == "status":
+            from agent.status import status_command
+
+            limits = Limits(args.no_fix_after, args.offline_after, args.backlog_after)
+            outbox = _status_outbox(args.config)
+            if outbox is None:
+                return EXIT_UNKNOWN
+            return status_command(outbox, as_json=args.json, limits=limits)
         cfg = load_config(args.config) if args.config is not None else None
         if args.cmd == "check":
             from agent.check import check_command
@@ -326,12 +363,6 @@ def main(argv: list[str] | None = None) -> int:
             return check_command(
                 cfg, timeout=max(1.0, args.timeout), as_json=args.json, verbose=args.verbose
             )
-        if args.cmd == "status":
-            from agent.status import status_command
-
-            assert cfg is not None
-            limits = Limits(args.no_fix_after, args.offline_after, args.backlog_after)
-            return status_command(cfg.buffer.path, as_json=args.json, limits=limits)
         if args.cmd == "replay":
             if args.candump is not None:
                 if args.nmea or args.obd:

@@ -145,7 +145,17 @@ class Redactor:
             for secret in secrets:
                 value = secret.strip()
                 if value:
-                    found.update({value, quote(value, safe="")})
+                    # As written, URL-encoded, and as it looks inside a JSON string
+                    # or a repr() (a %r argument): quotes and backslashes escaped.
+                    found.update(
+                        {
+                            value,
+                            quote(value, safe=""),
+                            json.dumps(value)[1:-1],
+                            json.dumps(value, ensure_ascii=False)[1:-1],
+                            repr(value)[1:-1],
+                        }
+                    )
             # Longest first: a secret containing another is masked whole.
             self._secrets = sorted(found, key=len, reverse=True)
 
@@ -225,8 +235,10 @@ class LineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = f"{record.name} {record.levelname} {record.getMessage()}"
         fields = record_fields(record)
-        if fields:
-            line += " " + key_values(fields)
+        if fields:  # masked before quoting, which would escape a secret's quotes
+            line += " " + key_values(
+                {k: self.redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+            )
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

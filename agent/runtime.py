@@ -616,12 +616,21 @@ class Agent:
             last_fix=last_fix,
         )
 
-    async def _final_status(self) -> dict[str, Any] | None:
-        """The ``stopped`` snapshot, once the last periodic write is done; never raises."""
+    async def _final_status(self, failure: BaseException | None) -> dict[str, Any] | None:
+        """The last snapshot, once the last periodic write is done; never raises.
+
+        ``stopped`` when asked to stop (a signal, a ``restart`` command, a
+        replay's end); ``failed`` with the reason when a task raised, so
+        ``status`` does not call a crash loop a clean stop.
+        """
         try:
             if self._status_job is not None:
                 await self._status_job
-            return self.status_doc("stopped")
+            if failure is None:
+                return self.status_doc("stopped")
+            doc = self.status_doc("failed")
+            doc["failure"] = f"{type(failure).__name__}: {failure}"
+            return doc
         except (Exception, asyncio.CancelledError):
             log.exception("status file: cannot write the final snapshot")
             return None
@@ -678,25 +687,36 @@ class Agent:
         # Ready without waiting for the broker: an offline van is still working.
         self.notifier.ready(f"device {self.cfg.device.id}")
         self._write_status()
+        failure: BaseException | None = None
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()  # a source that ends (file replay) just finishes
             await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            raise  # asked to stop
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
             self.notifier.stopping()
             self._stopping = True
             for task in tasks:
                 task.cancel()
             for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
+                # The task that failed must not cut the shutdown short (its
+                # exception is already on its way out of run()).
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            final = await self._final_status()
-            self.outbox.close()
+            final = await self._final_status(failure)
+            self.outbox.commit()
             if final is not None:
-                # After the last commit: the backlog it leaves behind.
+                # After the last commit and before the lock is released (a reader
+                # never sees a free lock with a "running" file): the backlog left
+                # behind, counted on the agent's own connection.
                 final["outbox"]["uncommitted"] = self.outbox.uncommitted
-                self.status_file.write(final)
+                self.status_file.write(final, backlog=self.outbox.backlog(final.get("utc_now")))
+            self.outbox.close()
             if self._obd_log is not None:
                 self._obd_log.close()
             log.info("agent stopped; last seq %d", self.outbox.last_seq)

@@ -272,19 +272,25 @@ class StatusFile:
         self._last = now
         return True
 
-    def write(self, doc: dict[str, Any]) -> None:
-        """Add the outbox's counts, write the file atomically; log failures, never raise."""
+    def write(self, doc: dict[str, Any], *, backlog: dict[str, Any] | None = None) -> None:
+        """Add the outbox's counts, write the file atomically; log failures, never raise.
+
+        ``backlog``: the counts already made (the agent's last write, on its
+        own connection); otherwise the outbox is read on a connection of its own.
+        """
         try:
-            self._write(doc)
+            self._write(doc, backlog)
         except Exception:  # a bug here must not take the agent down
             if self._failed != "bug":
                 log.exception("status file %s: cannot write", self.path)
             self._failed = "bug"
 
-    def _write(self, doc: dict[str, Any]) -> None:
+    def _write(self, doc: dict[str, Any], backlog: dict[str, Any] | None) -> None:
         began = time.perf_counter()
         outbox = doc.setdefault("outbox", {})
-        outbox.update(read_backlog(self.outbox, doc.get("utc_now")))
+        outbox.update(
+            backlog if backlog is not None else read_backlog(self.outbox, doc.get("utc_now"))
+        )
         text = json.dumps(_redacted(doc, self._redact), ensure_ascii=False, default=str)
         # One writer at a time (the agent waits for the last write), so one fixed
         # temporary name: a kill -9 mid-write cannot leave a trail of them.
@@ -412,7 +418,12 @@ def assess(seen: Seen, limits: Limits) -> Verdict:
             )
         written = _short_utc((doc.get("written") or {}).get("utc"))
         ago = "" if seen.wall_age_s is None else f", {human_age(seen.wall_age_s)} ago"
-        how = "stopped cleanly" if doc.get("state") == "stopped" else "it did not stop cleanly"
+        if doc.get("state") == "stopped":
+            how = "stopped cleanly"
+        elif doc.get("state") == "failed":
+            how = f"it failed: {doc.get('failure', '?')}"
+        else:
+            how = "it did not stop cleanly"
         return Verdict(
             "not running",
             EXIT_NOT_RUNNING,
@@ -609,7 +620,7 @@ def observe(
         if isinstance(written.get("wall"), int | float):
             wall_age = wall - float(written["wall"])
         pid = doc.get("pid")
-        if doc.get("state") != "stopped" and isinstance(pid, int):
+        if doc.get("state") not in ("stopped", "failed") and isinstance(pid, int):
             if locks is not None:
                 alive = lock_pid == pid
             else:

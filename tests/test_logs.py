@@ -305,18 +305,27 @@ def test_the_config_secrets_are_found(tmp_path: Path) -> None:
     assert secret_values(parse_config({"device": {"id": "van-1"}})) == []
 
 
-def test_no_secret_reaches_any_line_shape_tracebacks_included(tmp_path: Path) -> None:
-    secret = 'p"w\\ü-7'  # characters JSON escapes
+@pytest.mark.parametrize("secret", ['p"w\\ü-7', 'p"w\\x-7', "it's\\n"])
+def test_no_secret_reaches_any_line_shape_tracebacks_included(secret: str) -> None:
+    """Quotes and backslashes (escaped by JSON, repr and key=value quoting) still masked."""
+    escaped = {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        repr(secret)[1:-1],
+    }
     for style in ("text", "journal", "json"):
         buf = io.StringIO()
         setup_logging(logging.DEBUG, stream=buf, environ={}, style=style, secrets=[secret])
         log = logging.getLogger("agent.z")
         log.info("connecting as van with %s", secret, extra={"detail": f"pw {secret}"})
+        log.info("settings %r", {"password": secret}, extra={"cfg": {"pw": secret}})
+        log.warning("login %r refused", secret, extra={"why": secret})
         try:
-            raise ValueError(f"bad {secret}")
+            raise ValueError(f"bad {secret!r}")
         except ValueError:
             log.exception("failed")
         text = buf.getvalue()
-        assert secret not in text, (style, text)
-        assert json.dumps(secret)[1:-1] not in text, (style, text)
-        assert MASK in text
+        for form in escaped:
+            assert form not in text, (style, form, text)
+        assert text.count(MASK) >= 6, (style, text)

