@@ -623,8 +623,13 @@ def observe(
         if doc.get("state") not in ("stopped", "failed") and isinstance(pid, int):
             if locks is not None:
                 alive = lock_pid == pid
+            elif boot is not None and doc.get("boot_id") is not None:
+                alive = same_boot and _pid_exists(pid)
             else:
-                alive = same_boot and doc.get("boot_id") is not None and _pid_exists(pid)
+                # Neither /proc/locks nor a boot id (Android's SELinux may hide
+                # both): the pid exists and the file is fresh by the wall clock.
+                fresh = wall_age is not None and 0 <= wall_age < STALE_AFTER_S
+                alive = fresh and _pid_exists(pid)
     seen_backlog = None
     if not alive:
         seen_backlog = read_backlog(outbox, wall)

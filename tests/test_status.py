@@ -380,6 +380,12 @@ def test_without_proc_locks_a_dead_pid_is_not_running(tmp_path: Path) -> None:
         assert observe(outbox, boot_id="b", locks_file=no_locks).alive is alive
         # After a reboot the pid is someone else's.
         assert not observe(outbox, boot_id="c", locks_file=no_locks).alive
+    # No boot id either (Android may hide both): a live pid and a fresh file.
+    d["pid"], d["boot_id"] = os.getpid(), None
+    status_path(outbox).write_text(json.dumps(d))
+    written = d["written"]["wall"]
+    assert observe(outbox, now_wall=written + 5, locks_file=no_locks).alive
+    assert not observe(outbox, now_wall=written + 600, locks_file=no_locks).alive
 
 
 def test_status_doc_of_a_real_agent_is_cheap_on_the_loop(
