@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the telematics agent on Raspberry Pi OS / Debian (docs/SYSTEMD.md):
 # system users, a venv in /opt/telematics, config in /etc/telematics, the
-# systemd units and udev rules, optionally gpsd; then enable and start the agent.
+# systemd units and udev rules, optionally gpsd; then enable and start the agent,
+# once its config is no longer the example and passes `config check`.
 #
 # Idempotent: a second run changes nothing.  Re-running it from a newer checkout
 # upgrades in place (the venv is reinstalled only when the source changed) and
@@ -33,6 +34,10 @@ Installs the agent from this checkout ($SRC).
   --uninstall       stop and disable the units, remove them, the udev rules and
                     /opt/telematics; keep /etc/telematics and /var/lib/telematics
   --purge           with --uninstall: remove those too, and the users
+
+The agent is enabled (and started) only once /etc/telematics/agent.toml, which
+starts as the example, has been edited and passes "telematics-agent config
+check": edit it, then run this script again.
 EOF
 }
 
@@ -230,6 +235,39 @@ rules_edited() { # whether the installed rules differ from what this script last
     ! cmp -s "$RULES" "$SRC/systemd/99-telematics.rules"
 }
 
+# -- Debian packages ------------------------------------------------------------------
+
+APT_UPDATED=0
+
+apt_get() { # ARGS...: apt-get, waiting while another apt holds a lock
+  # At first boot apt-daily and unattended-upgrades hold the dpkg lock (which
+  # DPkg::Lock::Timeout waits for) or the lists or archives lock (which it does
+  # not: apt-get fails at once): retry on those for up to 5 minutes too.
+  local err until=$((SECONDS + 300)) said=0
+  while ! err=$(DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300 "$@" 2>&1 >/dev/null); do
+    if [ "$SECONDS" -lt "$until" ] && grep -q '^E: Could not get lock' <<<"$err"; then
+      [ "$said" = 1 ] || say "  waiting    for another apt-get (apt-daily, unattended-upgrades) to finish ..."
+      said=1
+      sleep 5
+    else
+      printf '%s\n' "$err" >&2
+      return 1
+    fi
+  done
+}
+
+apt_install() { # PKG...
+  # The lists of a fresh Pi image are stale (the mirrors 404 on them): update
+  # once per run, and only when something is to be installed.
+  if [ "$APT_UPDATED" = 0 ]; then
+    say "  apt-get    update"
+    apt_get update || say "  note       apt-get update failed (above): trying the package lists there are"
+    APT_UPDATED=1
+  fi
+  say "  apt-get    install $*"
+  apt_get install -y "$@" || die "apt-get install $* failed (above)"
+}
+
 # -- the venv -----------------------------------------------------------------------
 
 python_ok() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
@@ -310,9 +348,48 @@ unlink_cli() { # NAME
 
 # -- services ---------------------------------------------------------------------
 
-# Why a unit is enabled but not started now ("" = start it): its config is the
-# template just installed, or fails `telematics-agent config check`.
-declare -A HOLD=()
+# Per unit: whether to enable it (ENABLE: yes, the default; "no": not enabled,
+# and disabled and stopped if it was, while its config is the example; "keep":
+# left as it is, enabled or not, while its config fails `config check`), and
+# why not to start it now (HOLD; "" = start it).
+declare -A ENABLE=() HOLD=()
+
+is_enabled() { "${SYSTEMCTL[@]}" -q is-enabled "$1" 2>/dev/null; }
+
+set_enabled() { # UNIT: ENABLE[UNIT] applied; 1 if the unit is not to be started
+  # Called as a condition, where set -e does not apply: fail explicitly.
+  local unit=$1 out state
+  case ${ENABLE[$unit]:-yes} in
+    no)
+      if is_enabled "$unit"; then
+        local now=() stopped=""
+        if [ "$SYSTEMD_UP" = 1 ]; then now=(--now) stopped=", stopped"; fi
+        out=$("${SYSTEMCTL[@]}" -q disable ${now[@]+"${now[@]}"} "$unit" 2>&1) || die "systemctl disable $unit: $out"
+        did disabled "$unit (it was enabled)$stopped: ${HOLD[$unit]}"
+        return 1
+      fi
+      if [ "$SYSTEMD_UP" = 1 ]; then state=$(systemctl show -p ActiveState --value "$unit" 2>/dev/null || true); fi
+      case ${state:-inactive} in
+        inactive | failed) did skipped "enabling $unit: ${HOLD[$unit]}" ;;
+        *) # started by hand, or restarting every 5 s
+          out=$(systemctl stop "$unit" 2>&1) || die "systemctl stop $unit: $out"
+          did stopped "$unit (it was $state): ${HOLD[$unit]}"
+          ;;
+      esac
+      return 1
+      ;;
+    keep)
+      if is_enabled "$unit"; then did kept "$unit enabled, not (re)started: ${HOLD[$unit]}"; else
+        did skipped "enabling $unit: ${HOLD[$unit]}"
+      fi
+      return 1
+      ;;
+  esac
+  if is_enabled "$unit"; then did unchanged "$unit enabled"; else
+    out=$("${SYSTEMCTL[@]}" -q enable "$unit" 2>&1) || die "systemctl enable $unit: $out"
+    did enabled "$unit"
+  fi
+}
 
 enable_units() { # UNIT... ; CHANGED=1 when a unit file or the code changed
   local unit
@@ -321,10 +398,7 @@ enable_units() { # UNIT... ; CHANGED=1 when a unit file or the code changed
     for unit in "$@"; do
       local was_active=0
       if systemctl -q is-active "$unit"; then was_active=1; fi
-      if systemctl -q is-enabled "$unit" 2>/dev/null; then did unchanged "$unit enabled"; else
-        systemctl -q enable "$unit"
-        did enabled "$unit"
-      fi
+      set_enabled "$unit" || continue
       if [ "$NO_START" = 1 ]; then
         did skipped "starting $unit (--no-start)"
       elif [ -n "${HOLD[$unit]:-}" ]; then
@@ -346,13 +420,9 @@ enable_units() { # UNIT... ; CHANGED=1 when a unit file or the code changed
     # A --root tree or a chroot: enabling is only symlinks, which systemctl can
     # make offline; starting waits for the next boot.
     for unit in "$@"; do
-      if "${SYSTEMCTL[@]}" -q is-enabled "$unit" 2>/dev/null; then did unchanged "$unit enabled"; else
-        local out
-        out=$("${SYSTEMCTL[@]}" -q enable "$unit" 2>&1) || die "systemctl enable $unit: $out"
-        did enabled "$unit"
-      fi
+      set_enabled "$unit" || true
     done
-    did skipped "systemctl daemon-reload/start ($([ -n "$ROOT" ] && echo "--root" || echo "systemd is not running"); the units start at boot)"
+    did skipped "systemctl daemon-reload/start ($([ -n "$ROOT" ] && echo "--root" || echo "systemd is not running"); enabled units start at boot)"
   else
     did skipped "enabling $* (no systemctl here)"
   fi
@@ -380,8 +450,9 @@ do_install() {
   python_ok "$PY" || die "$PY is Python $(minor_of "$PY" 2>/dev/null || echo '?'); the agent needs >= 3.11 (Debian 12 bookworm or later)"
   if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
     if [ -z "$ROOT" ] && [ "$PY" = /usr/bin/python3 ] && command -v apt-get >/dev/null 2>&1; then
-      say "  apt-get    install python3-venv (Raspberry Pi OS Lite lacks it)"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+      say "$PY cannot make a venv (Raspberry Pi OS Lite lacks python3-venv):"
+      apt_install python3-venv
+      "$PY" -c 'import venv, ensurepip' 2>/dev/null || die "$PY still cannot make a venv after apt-get install python3-venv"
     else
       die "$PY cannot make a venv: apt-get install python3-venv"
     fi
@@ -411,14 +482,30 @@ do_install() {
 
   say "configuration and state:"
   ensure_dir "$ETC" 0755 0 0 # ConfigurationDirectory=: root's, read-only to the agent
-  if [ -e "$ETC/agent.toml" ]; then
-    did kept "$ETC/agent.toml (never overwritten)"
-  else
-    install -m 0640 -o 0 -g "$gid" "$SRC/config/agent.example.toml" "$ETC/agent.toml"
+  # The config starts as the example; while it is still that (this version's,
+  # or the one the last run installed, kept in $SHARE) the agent is not enabled:
+  # it would fail on the example's certificate paths, or worse, once they exist,
+  # run as the example's device id and bind the outbox to it.
+  local example=$SRC/config/agent.example.toml pristine=$SHARE/agent.example.toml
+  AGENT_TEMPLATE=1
+  if [ ! -e "$ETC/agent.toml" ]; then
+    install -m 0640 -o 0 -g "$gid" "$example" "$ETC/agent.toml"
     did installed "$ETC/agent.toml (the example: edit it)"
-    HOLD[telematics-agent.service]="the config is the example; edit $ETC/agent.toml first"
+  elif cmp -s "$ETC/agent.toml" "$example"; then
+    did kept "$ETC/agent.toml (still the example: edit it)"
+  elif [ -f "$pristine" ] && cmp -s "$ETC/agent.toml" "$pristine"; then
+    # Never edited: this version's example replaces the earlier one.
+    install -m 0640 -o 0 -g "$gid" "$example" "$ETC/agent.toml"
+    did updated "$ETC/agent.toml (the unedited example, now this version's: edit it)"
+  else
+    AGENT_TEMPLATE=0
+    did kept "$ETC/agent.toml (never overwritten)"
   fi
-  put_file "$SRC/config/agent.example.toml" "$SHARE/agent.example.toml" 0644 0 0 || true
+  put_file "$example" "$pristine" 0644 0 0 || true
+  if [ "$AGENT_TEMPLATE" = 1 ]; then
+    ENABLE[telematics-agent.service]=no
+    HOLD[telematics-agent.service]="$ETC/agent.toml is still the example"
+  fi
   # Secrets: owned by the agent, 0600, or the agent refuses them (agent/config.py).
   local secret fresh=""
   if [ ! -e "$ETC/mqtt-password" ]; then
@@ -451,7 +538,8 @@ do_install() {
     ensure_dir "$BR_STATE" 0700 "$buid" "$bgid"
   fi
 
-  if [ -z "$ROOT" ] && [ -z "${HOLD[telematics-agent.service]:-}" ]; then
+  AGENT_CHECK_FAILED=0
+  if [ -z "$ROOT" ] && [ "$AGENT_TEMPLATE" = 0 ]; then
     # As the unit will read it: as user telematics (a secret root can read but
     # the agent cannot is the classic first-boot failure).
     local verdict
@@ -460,7 +548,9 @@ do_install() {
       did checked "$verdict"
     else
       did FAILED "config check as user telematics: $verdict"
-      HOLD[telematics-agent.service]="fix $ETC/agent.toml first (see above)"
+      AGENT_CHECK_FAILED=1
+      ENABLE[telematics-agent.service]=keep
+      HOLD[telematics-agent.service]="$ETC/agent.toml fails config check (above)"
     fi
   fi
 
@@ -482,7 +572,7 @@ do_install() {
     elif dpkg-query -W -f '${Status}' gpsd 2>/dev/null | grep -q 'ok installed'; then
       did exists "gpsd (package)"
     else
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gpsd >/dev/null
+      apt_install gpsd
       did installed "gpsd (package)"
     fi
     say "  note       to let gpsd own the receiver: DEVICES=\"/dev/gps0\" in /etc/default/gpsd,"
@@ -493,16 +583,45 @@ do_install() {
   fi
 
   say ""
-  say "Done.  Next:"
-  say "  1. edit /etc/telematics/agent.toml: device.id, gps.device (/dev/gps0 with the udev"
-  say "     rules), mqtt.host and [mqtt.tls] (CA, client cert; keys 0600 owned by telematics);"
-  say "     the MQTT password goes in /etc/telematics/mqtt-password with"
-  say "     mqtt.password_file = \"/etc/telematics/mqtt-password\"."
-  say "  2. telematics-agent check -c /etc/telematics/agent.toml"
-  if [ "$SYSTEMD_UP" = 1 ]; then
-    say "  3. systemctl restart telematics-agent && journalctl -u telematics-agent -f"
+  if [ "$AGENT_TEMPLATE" = 1 ] || [ "$AGENT_CHECK_FAILED" = 1 ]; then
+    local rerun="run $PROG again (same options)" starts=" and starts" passes=" and passes config check"
+    local instead="systemctl enable --now telematics-agent" enabled=0
+    if [ -n "$ROOT" ]; then
+      rerun="run $PROG --root $ROOT again (same options)" starts="" passes=""
+      instead="systemctl --root=$ROOT enable telematics-agent"
+    elif [ "$SYSTEMD_UP" = 0 ]; then
+      starts="" instead="systemctl enable telematics-agent"
+    fi
+    [ "$NO_START" = 0 ] || starts=""
+    if [ "$AGENT_TEMPLATE" = 1 ]; then
+      say "Installed, but the agent is NOT enabled: $ETC/agent.toml is still the example."
+    elif is_enabled telematics-agent.service; then
+      enabled=1
+      say "Installed, but the agent is NOT (re)started: $ETC/agent.toml fails config check (above)."
+      say "It stays enabled: it runs once the config is fixed (at the latest at boot)."
+    else
+      say "Installed, but the agent is NOT enabled: $ETC/agent.toml fails config check (above)."
+    fi
+    say "  1. edit $ETC/agent.toml: device.id; [gps] device (/dev/gps0 with the"
+    say "     udev rules); [mqtt] host, username and [mqtt.tls] (CA, client cert; keys 0600"
+    say "     owned by telematics); the MQTT password goes in /etc/telematics/mqtt-password"
+    say "     with mqtt.password_file = \"/etc/telematics/mqtt-password\"."
+    say "  2. telematics-agent check -c /etc/telematics/agent.toml${ROOT:+ (on the van: it probes the GPS and the broker)}"
+    if [ "$enabled" = 1 ]; then
+      say "  3. $rerun${starts:+, or systemctl restart telematics-agent}"
+    else
+      say "  3. $rerun: once the config is no longer"
+      say "     the example$passes, it enables$starts the agent"
+      say "     (or: $instead)."
+    fi
   else
-    say "  3. boot the van; then systemctl status telematics-agent, journalctl -u telematics-agent"
+    say "Done.  Next:"
+    say "  1. telematics-agent check -c /etc/telematics/agent.toml (probes the GPS and the broker)"
+    if [ "$SYSTEMD_UP" = 1 ]; then
+      say "  2. systemctl status telematics-agent; journalctl -u telematics-agent -f"
+    else
+      say "  2. boot the van; then systemctl status telematics-agent, journalctl -u telematics-agent"
+    fi
   fi
   say "Re-run this script from a newer checkout to upgrade; the config is kept."
   if [ "$START_FAILED" = 1 ]; then

@@ -3,12 +3,14 @@
 Issue 8's acceptance for the install script: ``install.sh --root DIR`` builds
 the whole installation in an empty directory (users and groups in
 DIR/etc/passwd through ``useradd --prefix``, the venv in DIR/opt/telematics,
-config, units, udev rules, the units enabled) and leaves this machine's /etc
-alone; a second run changes nothing (content, mode, owner, mtime), keeps an
-edited config and udev rules; the agent from DIR/opt/telematics/venv, run as
-the ``telematics`` user of DIR with the unit's umask, takes a simulated drive
-from a pty through a real mosquitto to the bridge; ``--uninstall`` keeps the
-outbox and config, ``--uninstall --purge`` removes them and the users.
+config, units, udev rules) and leaves this machine's /etc alone; the agent
+unit is enabled only once its config is no longer the example (an agent
+enabled meanwhile is disabled again); a repeated run changes nothing (content,
+mode, owner, mtime), keeps an edited config and udev rules; the agent from
+DIR/opt/telematics/venv, run as the ``telematics`` user of DIR with the unit's
+umask, takes a simulated drive from a pty through a real mosquitto to the
+bridge; ``--uninstall`` keeps the outbox and config, ``--uninstall --purge``
+removes them and the users.
 
 The script runs from a copy of the checkout (what it installs is then fixed,
 whatever else is being edited meanwhile) with ``--wheelhouse``: the wheels
@@ -320,9 +322,14 @@ def test_install_into_a_clean_tree_drive_and_uninstall(
     for unit in ("telematics-agent.service", "telematics-bridge.service"):
         assert (units / unit).read_bytes() == (REPO / "systemd" / unit).read_bytes()
         assert (units / unit).stat().st_mode & 0o777 == 0o644
-        if shutil.which("systemctl"):  # enabled offline: systemctl --root
-            wants = units / "multi-user.target.wants" / unit
-            assert os.readlink(wants) == f"/etc/systemd/system/{unit}"
+    # The bridge is enabled offline (systemctl --root); the agent is not while its
+    # config is the example: at boot it would fail, or run as the example's van.
+    agent_wants = units / "multi-user.target.wants/telematics-agent.service"
+    if shutil.which("systemctl"):
+        wants = units / "multi-user.target.wants/telematics-bridge.service"
+        assert os.readlink(wants) == "/etc/systemd/system/telematics-bridge.service"
+    assert not agent_wants.is_symlink(), out
+    assert f"the agent is NOT enabled: {config} is still the example" in " ".join(out.split())
     rules = root / "etc/udev/rules.d/99-telematics.rules"
     assert rules.read_bytes() == (REPO / "systemd/99-telematics.rules").read_bytes()
     assert os.readlink(root / "usr/local/bin/telematics-agent") == (
@@ -331,18 +338,58 @@ def test_install_into_a_clean_tree_drive_and_uninstall(
     assert "telematics-agent check -c /etc/telematics/agent.toml" in out
     assert host_state() == host_before, "install.sh --root touched this machine"
 
-    # -- second run: the installer's edits stay, nothing else changes ---------------------
+    # -- still the example: an agent enabled meanwhile is disabled again -------------------
+    # As after an upgrade from a version whose example differed, and whose
+    # install.sh enabled the agent whatever its config.
+    example = config.read_text()
+    pristine = root / "opt/telematics/share/agent.example.toml"
+    assert pristine.read_text() == example
+    older = example.replace("# Fleet telematics agent", "# Telematics agent", 1)
+    assert older != example
+    for path in (config, pristine):
+        path.write_text(older)
+    if shutil.which("systemctl"):
+        agent_wants.symlink_to("/etc/systemd/system/telematics-agent.service")
+    out, _ = install(source, *args)
+    said = " ".join(out.split())
+    assert config.read_text() == example, "the unedited example is this version's"
+    assert pristine.read_text() == example
+    assert (config.stat().st_mode & 0o777, config.stat().st_gid) == (0o640, gid)
+    assert f"updated {config} (the unedited example" in said
+    assert not agent_wants.is_symlink(), out
+    if shutil.which("systemctl"):
+        assert "disabled telematics-agent.service (it was enabled)" in said, out
+    before = snapshot(root)
+    out, _ = install(source, *args)
+    after = snapshot(root)
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    assert changed == [], f"a run on the unedited example changed {changed}\n{out}"
+    assert f"kept {config} (still the example: edit it)" in " ".join(out.split())
+    assert "skipped enabling telematics-agent.service" in " ".join(out.split())
+
+    # -- the config edited: the agent is enabled; the installer's edits stay -------------
     config.write_text(config.read_text().replace('id = "van-042"', 'id = "van-007"'))
     with rules.open("a") as f:  # a pinned GPS, as section 1 of the file invites
         f.write('ENV{ID_SERIAL_SHORT}=="0123456789", ENV{TELEMATICS_ROLE}="gps"\n')
+    out, _ = install(source, *args)
+    said = " ".join(out.split())
+    assert f"kept {config} (never overwritten)" in said
+    if shutil.which("systemctl"):
+        assert "enabled telematics-agent.service" in said, out
+        assert os.readlink(agent_wants) == "/etc/systemd/system/telematics-agent.service"
+    assert "NOT enabled" not in said
+    assert not rules.with_name(rules.name + ".new").exists()
+    assert 'id = "van-007"' in config.read_text()
+
+    # -- and once more: nothing changes ---------------------------------------------------
     before = snapshot(root)
     out, second_s = install(source, *args)
     after = snapshot(root)
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     assert changed == [], f"a second run changed {changed}\n{out}"
     assert f"kept {config} (never overwritten)" in " ".join(out.split())
-    assert not rules.with_name(rules.name + ".new").exists()
-    assert 'id = "van-007"' in config.read_text()
+    if shutil.which("systemctl"):
+        assert "unchanged telematics-agent.service enabled" in " ".join(out.split())
 
     # -- the installed agent drives, as the unit runs it ----------------------------------
     positions, outbox_seq = drive(base, root, uid, gid)
@@ -503,10 +550,10 @@ exec "$@"
 """
 
 
-def in_namespace(base: Path, *argv: str) -> str:
+def in_namespace(base: Path, *argv: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "bash", "-c", NAMESPACE, "ns", *argv],
-        env={**os.environ, "BASE": str(base)},
+        env={**os.environ, "BASE": str(base), **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,
@@ -517,9 +564,30 @@ def in_namespace(base: Path, *argv: str) -> str:
     return out
 
 
+# apt-get and dpkg-query for --with-gpsd: apt-get logs how it was called, fails
+# its first `update` as apt-get does while apt-daily holds the lists lock (which
+# DPkg::Lock::Timeout does not wait for), and `install` makes gpsd "installed".
+FAKE_APT_GET = """#!/bin/bash
+printf '%s|%s\\n' "${DEBIAN_FRONTEND:-}" "$*" >>"$FAKE_APT/log"
+case " $* " in
+  *" update "*)
+    if [ ! -e "$FAKE_APT/lists-locked" ]; then
+      touch "$FAKE_APT/lists-locked"
+      echo "E: Could not get lock /var/lib/apt/lists/lock. It is held by process 1 (apt-get)" >&2
+      echo "E: Unable to lock directory /var/lib/apt/lists/" >&2
+      exit 100
+    fi ;;
+  *" install "*) touch "$FAKE_APT/gpsd" ;;
+esac
+"""
+FAKE_DPKG_QUERY = """#!/bin/bash
+[ -e "$FAKE_APT/gpsd" ] && printf 'install ok installed'
+"""
+
+
 @pytest.mark.slow
 def test_install_without_root_option_in_a_mount_namespace(
-    base: Path, source: Path, wheelhouse: Path, figures: list[str]
+    base: Path, source: Path, wheelhouse: Path, figures: list[str], tmp_path: Path
 ) -> None:
     if shutil.which("unshare") is None:
         pytest.fail("unshare not found (Debian package util-linux)")
@@ -528,11 +596,24 @@ def test_install_without_root_option_in_a_mount_namespace(
     (base / "etc/.telematics-test").write_text(str(base))
     for name in ("opt", "varlib", "bin"):
         (base / name).mkdir()
+    fake = tmp_path / "fake-apt"
+    (fake / "bin").mkdir(parents=True)
+    for name, text in (("apt-get", FAKE_APT_GET), ("dpkg-query", FAKE_DPKG_QUERY)):
+        (fake / "bin" / name).write_text(text)
+        (fake / "bin" / name).chmod(0o755)
+    env = {"PATH": f"{fake / 'bin'}:{os.environ['PATH']}", "FAKE_APT": str(fake)}
     script = str(source / "scripts/install.sh")
-    args = (script, "--wheelhouse", str(wheelhouse), "--python", venv_python())
+    args = (script, "--wheelhouse", str(wheelhouse), "--python", venv_python(), "--with-gpsd")
+
+    def apt_calls() -> list[str]:
+        log = fake / "log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    def run(*argv: str) -> str:
+        return in_namespace(base, *argv, env=env)
 
     began = time.monotonic()
-    out = in_namespace(base, *args)
+    out = run(*args)
     took = time.monotonic() - began
     users = entries(base, "passwd")
     assert users["telematics"][5:] == ["/var/lib/telematics", "/usr/sbin/nologin"], out
@@ -543,14 +624,34 @@ def test_install_without_root_option_in_a_mount_namespace(
     st = (base / "varlib/telematics").stat()
     assert (st.st_uid, st.st_mode & 0o777) == (uid, 0o700)
     assert (base / "etc/systemd/system/telematics-agent.service").is_file()
-    if shutil.which("systemctl"):
-        wants = base / "etc/systemd/system/multi-user.target.wants/telematics-agent.service"
-        assert os.readlink(wants) == "/etc/systemd/system/telematics-agent.service"
     assert "systemd is not running" in out
+    # gpsd: the package lists refreshed once (after waiting out the lock), then installed.
+    lock = "noninteractive|-qq -o DPkg::Lock::Timeout=300"
+    assert apt_calls() == [f"{lock} update", f"{lock} update", f"{lock} install -y gpsd"], out
+    assert "waiting for another apt-get" in " ".join(out.split())
+
+    # The config is the example: the agent is not enabled, and says what to do.
+    wants = base / "etc/systemd/system/multi-user.target.wants/telematics-agent.service"
+    said = " ".join(out.split())
+    assert not wants.is_symlink(), out
+    assert "the agent is NOT enabled: /etc/telematics/agent.toml is still the example" in said
+    assert "telematics-agent check -c /etc/telematics/agent.toml" in said
+    assert "systemctl enable telematics-agent" in said
+
+    # Edited, but it fails `config check` (the example's TLS files are not there):
+    # still not enabled, and why.
+    config = base / "etc/telematics/agent.toml"
+    config.write_text(config.read_text().replace('id = "van-042"', 'id = "van-ns"'))
+    said = " ".join(run(*args).split())
+    assert "FAILED config check as user telematics" in said and "ca.crt" in said, said
+    assert "skipped enabling telematics-agent.service" in said
+    assert "the agent is NOT enabled: /etc/telematics/agent.toml fails config check" in said
+    assert not wants.is_symlink()
+    assert len(apt_calls()) == 3, "gpsd is installed: no apt-get, no update"
 
     # The installer's own config, and a password file copied in with mode 0644: the
-    # script makes the secret the agent's, then checks the config as the agent would.
-    config = base / "etc/telematics/agent.toml"
+    # script makes the secret the agent's, checks the config as the agent would,
+    # and enables the agent.
     config.write_text(
         '[device]\nid = "van-ns"\n\n[gps]\nsource = "tcp"\nport = 10110\n\n'
         '[mqtt]\nhost = "127.0.0.1"\nusername = "van-ns"\n'
@@ -560,21 +661,26 @@ def test_install_without_root_option_in_a_mount_namespace(
     password.write_text("secret\n")
     os.chown(password, 0, 0)
     password.chmod(0o644)
-    out = " ".join(in_namespace(base, *args).split())
+    out = " ".join(run(*args).split())
     assert "fixed /etc/telematics/mqtt-password -> 0600 telematics" in out
     st = password.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o600)
     assert "checked /etc/telematics/agent.toml: ok: device van-ns" in out, out
+    if shutil.which("systemctl"):
+        assert "enabled telematics-agent.service" in out, out
+        assert os.readlink(wants) == "/etc/systemd/system/telematics-agent.service"
+    assert "NOT enabled" not in out
 
     before = snapshot(base)
-    out = in_namespace(base, *args)
+    out = run(*args)
     after = snapshot(base)
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     assert changed == [], f"a second run changed {changed}\n{out}"
     version = in_namespace(base, "/usr/local/bin/telematics-agent", "--version")
     assert version.startswith("telematics-agent ")
 
-    out = in_namespace(base, script, "--uninstall", "--purge")
+    assert len(apt_calls()) == 3
+    out = run(script, "--uninstall", "--purge")
     assert "telematics" not in entries(base, "passwd"), out
     for gone in ("opt/telematics", "etc/telematics", "varlib/telematics", "bin/telematics-agent"):
         assert not (base / gone).exists() and not (base / gone).is_symlink(), gone
