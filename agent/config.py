@@ -54,7 +54,9 @@ class TermuxGpsConfig(_Section):
         "gps", description="gps: the GNSS chip; network: cell/Wi-Fi; passive: other apps' fixes"
     )
     fix_timeout_s: Annotated[float, Field(ge=5, le=600)] = Field(
-        60.0, description="longest wait for one fix (indoors none comes)"
+        60.0,
+        description="after this long without a fix, status says it is waiting (indoors); "
+        "the request is kept, never repeated, until it answers",
     )
     max_age_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         10.0, description="an answer whose fix is older than this (elapsedMs) is rejected"
@@ -101,8 +103,16 @@ class TermuxGpsConfig(_Section):
             )
         return self
 
-    def options(self) -> TermuxOptions:
-        """The source's settings, with the power policy built from these figures."""
+    def options(self, imu_delay_ms: int | None = None) -> TermuxOptions:
+        """The source's settings, with the power policy built from these figures.
+
+        ``imu_delay_ms``: the phone IMU's configured print interval
+        (``imu.rate_hz``: ``round(1000 / rate_hz)``), the plan's full IMU
+        rate, which the plan only multiplies (low battery, heat); None keeps
+        the policy's default (10 ms, the default 100 Hz).
+        """
+        from dataclasses import replace
+
         from agent.gps.termux_source import TermuxOptions
         from agent.power import PowerPolicy
 
@@ -114,6 +124,8 @@ class TermuxGpsConfig(_Section):
             critical_pct=self.critical_battery_pct,
             max_s=max(300.0, self.parked_s),
         )
+        if imu_delay_ms is not None:
+            policy = replace(policy, imu_delay_ms=max(1, int(imu_delay_ms)))
         return TermuxOptions(
             provider=self.provider,
             fix_timeout_s=self.fix_timeout_s,

@@ -32,6 +32,10 @@ on a charger                      1 s, IMU 10 ms  1 s, IMU 10 ms   15 s, IMU 10 
 * The IMU is off while stopped or parked (not on a charger) and on
   critical battery; its interval is how often ``termux-sensor`` prints
   (``-d``), the phone's sensor rate itself being fixed by Termux:API.
+  "10 ms" stands for ``imu_delay_ms``, the full-rate interval: the IMU's
+  configured one (``imu.rate_hz``: 100 Hz is 10 ms), passed in through
+  ``TermuxGpsConfig.options(imu_delay_ms=...)`` or
+  ``TermuxLocationSource.use_imu_interval``; the plan only multiplies it.
 
 ``MotionTracker`` turns fix speeds with their monotonic times into the
 motion state; ``parse_battery_status`` turns the JSON of
@@ -39,7 +43,9 @@ motion state; ``parse_battery_status`` turns the JSON of
 piece of I/O is ``read_battery`` (and ``run_termux_command`` beneath it,
 shared with the Termux GPS source): a subprocess with a deadline whose
 process group is killed on timeout or cancellation, because termux-api
-commands hang for ever when the Termux:API app is missing or stopped.
+commands hang for ever when the Termux:API app is missing or stopped (the
+GPS source runs it without a deadline and keeps the time itself: see
+agent.gps.termux_source on why a location request is never abandoned).
 """
 
 from __future__ import annotations
@@ -251,7 +257,7 @@ class PowerPolicy:
     hot_c: float = 45.0
     hot_min_s: float = 5.0
     max_s: float = 300.0
-    imu_delay_ms: int = 10
+    imu_delay_ms: int = 10  # the full-rate IMU print interval: the configured one
 
     def __post_init__(self) -> None:
         if not 0 < self.moving_s <= self.stopped_s <= self.parked_s <= self.max_s:
@@ -322,14 +328,17 @@ class CommandResult:
     output: str  # stdout and stderr together, decoded leniently
 
 
-async def run_termux_command(argv: list[str], timeout_s: float) -> CommandResult:
+async def run_termux_command(argv: list[str], timeout_s: float | None) -> CommandResult:
     """Run a termux-api command with a deadline; its output (at most 64 kB) and exit code.
 
     The command runs in its own process group (the script and the
     termux-api client it forks) so that a timeout or a cancellation kills
     all of it: a termux-api command whose app does not answer waits for ever.
     Raises ``FileNotFoundError`` (and other ``OSError``) when it cannot start,
-    ``CommandTimeout`` when the deadline passes.
+    ``CommandTimeout`` when the deadline passes.  ``timeout_s`` None: no
+    deadline, only a cancellation ends it early (the caller keeps the
+    time: ``termux-location -r once``, whose request the Termux:API app
+    keeps open whatever happens to the client, see agent.gps.termux_source).
     """
     proc = await asyncio.create_subprocess_exec(
         *argv,

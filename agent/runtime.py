@@ -175,7 +175,9 @@ class Agent:
         phone_imu = self.imu_source
         if isinstance(source, TermuxLocationSource) and isinstance(phone_imu, TermuxSensorSource):
             # A phone: the battery-aware plan that paces the GPS polls also
-            # slows the sensors, or turns them off while parked on battery.
+            # slows the sensors, or turns them off while parked on battery;
+            # the configured IMU rate is the plan's full rate.
+            source.use_imu_interval(phone_imu.delay_ms)
             source.on_plan = lambda plan: phone_imu.follow_plan(
                 plan.imu_on, plan.imu_delay_ms, plan.reason
             )

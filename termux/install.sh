@@ -10,11 +10,14 @@
 #              (+ python-pydantic-core when the repository has it, else rust to build it)
 #   agent      a venv at ~/.local/share/telematics/venv (--system-site-packages, so the
 #              numpy and pydantic-core of pkg are used: pip cannot build numpy on a phone),
-#              then pip install of this checkout
+#              made again when pkg has moved Python to another minor version; then pip
+#              install of a copy of this checkout (pip builds inside the tree it is given)
 #   config     ~/.config/telematics/agent.toml from config/agent.termux.toml, only when
 #              absent (a re-run never overwrites it)
-#   service    $PREFIX/var/service/telematics-agent/{run,finish,log/run}, enabled with
-#              sv-enable; logs in $PREFIX/var/log/sv/telematics-agent/current
+#   service    $PREFIX/var/service/telematics-agent/{run,finish,log/run}, started at once
+#              unless the config is still the unedited template (it then stays down until
+#              `sv-enable telematics-agent`) or you disabled it (sv-disable: it stays so);
+#              logs in $PREFIX/var/log/sv/telematics-agent/current
 #   boot       ~/.termux/boot/start-telematics (termux-wake-lock, then Termux's profile,
 #              which starts runsvdir and so the agent)
 #
@@ -26,7 +29,9 @@ set -euo pipefail
 usage() {
     cat <<'EOF'
 usage: bash termux/install.sh [--device-id ID] [--skip-packages]
-  --device-id ID    the device id written into a new config (default: phone-001)
+  --device-id ID    the device id written into a new config; without it the config is
+                    the template (device id phone-001) and the agent is not started
+                    until you have edited it
   --skip-packages   do not run pkg (they are installed already)
 EOF
 }
@@ -71,6 +76,14 @@ SERVICE="$SVDIR/telematics-agent"
 BOOT_DIR="$HOME/.termux/boot"
 BOOT="$BOOT_DIR/start-telematics"
 TERMUX_HOME_IN_EXAMPLE="/data/data/com.termux/files/home"
+# The template as this script wrote it, kept only when written without --device-id: while
+# the config is still identical to it, the service is not started.
+AS_WRITTEN="$DATA/agent.toml.as-written"
+# Present while the service's down file is this script's (for the template), not the user's.
+HELD="$DATA/service-held"
+PY_STAMP="$VENV/.telematics-python" # the Python minor version the venv was made with
+# termux-services' service-daemon starts runsvdir with this pid file.
+RUNSVDIR_PID="$PREFIX/var/run/service-daemon.pid"
 
 # A value safe on the right-hand side of a sed s|||: escape \, | and &.
 sed_value() { printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'; }
@@ -104,9 +117,26 @@ fi
 # -- the agent ----------------------------------------------------------------------
 say "installing the agent into $VENV"
 mkdir -p "$DATA"
+minor="$(python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" ||
+    die "python does not run: pkg install python"
+# A venv's bin/python is a link to $PREFIX/bin/python, whatever version pkg has put there
+# since, and its packages are in lib/python<minor>: once pkg upgrade has moved Python to a
+# new minor version nothing in the venv imports, pip included.  Make it again then.
+if [ -e "$VENV" ]; then
+    had="$(cat "$PY_STAMP" 2>/dev/null || true)"
+    if [ -z "$had" ]; then # a venv from before the stamp: its lib directory tells
+        had="another version"
+        [ ! -d "$VENV/lib/python$minor" ] || had="$minor"
+    fi
+    if [ "$had" != "$minor" ]; then
+        say "making $VENV again: it was made with Python $had, python is now $minor"
+        rm -rf "$VENV"
+    fi
+fi
 if [ ! -x "$VENV/bin/python" ]; then
     python -m venv --system-site-packages "$VENV"
 fi
+printf '%s\n' "$minor" >"$PY_STAMP"
 # pydantic pins pydantic-core exactly: with pkg's pydantic-core as a constraint pip picks
 # the pydantic release made for it instead of building another pydantic-core.
 constraints="$DATA/constraints.txt"
@@ -116,8 +146,18 @@ if [ -n "$core" ]; then
 else
     : >"$constraints"
 fi
+# Build from a copy: pip builds inside the tree it is given, which would leave build/ and
+# egg-info in the checkout (and a stale build/lib can bring deleted modules back).
+mkdir -p "${TMPDIR:-$PREFIX/tmp}"
+stage="$(mktemp -d "${TMPDIR:-$PREFIX/tmp}/telematics-build.XXXXXX")"
+# shellcheck disable=SC2064  # expand now: the path is fixed
+trap "rm -rf '$stage'" EXIT
+tar -C "$SRC" --exclude=__pycache__ --exclude='*.pyc' -cf - \
+    pyproject.toml README.md agent cloud_bridge simulators | tar -C "$stage" -xf -
 # msgpack (python-can) falls back to pure Python instead of needing a C compiler.
-MSGPACK_PUREPYTHON=1 "$VENV/bin/pip" install --upgrade --constraint "$constraints" "$SRC"
+MSGPACK_PUREPYTHON=1 "$VENV/bin/pip" install --upgrade --constraint "$constraints" "$stage"
+rm -rf "$stage"
+trap - EXIT
 [ -x "$AGENT" ] || die "pip did not install $AGENT"
 
 # -- configuration ------------------------------------------------------------------
@@ -125,6 +165,10 @@ mkdir -p "$CONFIG_DIR" "$DATA"
 chmod 700 "$CONFIG_DIR"
 if [ -e "$CONFIG" ]; then
     say "keeping the existing $CONFIG"
+    if [ -n "$DEVICE_ID" ] && ! grep -q "^id = \"$DEVICE_ID\"" "$CONFIG"; then
+        warn "--device-id $DEVICE_ID not used: $CONFIG exists and is never overwritten;" \
+            "its device.id stays (change it only before the agent's first start)"
+    fi
 else
     say "writing $CONFIG"
     tmp="$CONFIG.tmp.$$"
@@ -132,9 +176,19 @@ else
     if [ -n "$DEVICE_ID" ]; then
         sed -i -e "s|^id = \"phone-001\"|id = \"$DEVICE_ID\"|" \
             -e "s|^username = \"phone-001\"|username = \"$DEVICE_ID\"|" "$tmp"
+        rm -f "$AS_WRITTEN"
+    else
+        cp "$tmp" "$AS_WRITTEN"
+        chmod 600 "$AS_WRITTEN"
     fi
     chmod 600 "$tmp"
     mv -f "$tmp" "$CONFIG"
+fi
+# Still the template exactly as written: its device id is phone-001, and the first start
+# ties the outbox to the device id for good (the agent refuses to start with another).
+template=0
+if [ -f "$AS_WRITTEN" ] && cmp -s "$CONFIG" "$AS_WRITTEN"; then
+    template=1
 fi
 if ! "$AGENT" config check "$CONFIG"; then
     warn "$CONFIG does not validate: correct it (docs/CONFIG.md), then: sv restart telematics-agent"
@@ -142,24 +196,69 @@ fi
 
 # -- the runit service --------------------------------------------------------------
 say "installing the service $SERVICE"
+export SVDIR
+# runsv answers for the service (it has opened supervise/ok).
+supervised() { sv status "$SERVICE" >/dev/null 2>&1; }
+runsvdir_running() {
+    local pid
+    pid="$(cat "$RUNSVDIR_PID" 2>/dev/null)" || return 1
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+# runsvdir looks for new service directories every 5 s: wait up to 10 s for its runsv.
+wait_supervised() {
+    local i
+    for i in $(seq 100); do
+        if supervised; then return 0; fi
+        [ "$i" = 100 ] || sleep 0.1
+    done
+    return 1
+}
 was_running=0
 if [ -d "$SERVICE/supervise" ] && sv status "$SERVICE" 2>/dev/null | grep -q '^run:'; then
     was_running=1
 fi
+# A down file is the user's (sv-disable) unless this script left it there for the template.
+disabled=0
+if [ -e "$SERVICE/down" ] && [ ! -e "$HELD" ]; then
+    disabled=1
+fi
+[ -e "$SERVICE/down" ] || rm -f "$HELD" # enabled since (sv-enable): no longer held
 mkdir -p "$SERVICE/log"
 [ "$was_running" = 1 ] || touch "$SERVICE/down" # runsvdir must not start a half-written service
 install_file "$SRC/termux/sv/telematics-agent/run" "$SERVICE/run" 755
 install_file "$SRC/termux/sv/telematics-agent/finish" "$SERVICE/finish" 755
 install_file "$SRC/termux/sv/telematics-agent/log/run" "$SERVICE/log/run" 755
-export SVDIR
+rm -f "$SERVICE/config-error" # finish's note of a configuration error: a new start is due
+started=0
 if [ "$was_running" = 1 ]; then
     sv restart "$SERVICE" || warn "sv restart telematics-agent failed"
-elif command -v sv-enable >/dev/null 2>&1 && sv-enable telematics-agent; then
-    say "enabled and started telematics-agent"
+    started=1
+elif [ "$disabled" = 1 ]; then
+    say "telematics-agent stays disabled, as you left it (sv-disable); start it with:" \
+        "sv-enable telematics-agent"
+elif [ "$template" = 1 ]; then
+    touch "$HELD"
+    cat <<EOF
+
+The agent is installed but NOT started: $CONFIG
+is still the template.  Edit it first:
+  [device] id   this phone's own device id (it says "phone-001"): the outbox is tied
+                to the device id of the first start, so set it before starting
+  [mqtt]        host, username, password_file (a file of mode 600)
+Then start the agent, and have it start at boot, with:
+  sv-enable telematics-agent
+
+EOF
 else
-    rm -f "$SERVICE/down"  # what sv-enable does before its "sv up"
-    warn "runsvdir is not running in this session yet: the agent starts with it (close and" \
-        "reopen Termux, or reboot); then check with: sv status telematics-agent"
+    rm -f "$SERVICE/down" "$HELD" # what sv-enable does before its "sv up"
+    if supervised || { runsvdir_running && wait_supervised; }; then
+        sv up "$SERVICE" || warn "sv up telematics-agent failed"
+        say "enabled and started telematics-agent"
+        started=1
+    else
+        warn "runsvdir is not running in this session yet: the agent starts with it (close and" \
+            "reopen Termux, or reboot); then check with: sv status telematics-agent"
+    fi
 fi
 
 # -- start at boot ------------------------------------------------------------------
@@ -167,6 +266,13 @@ say "installing the Termux:Boot script $BOOT"
 mkdir -p "$BOOT_DIR"
 install_file "$SRC/termux/boot/start-telematics" "$BOOT" 700
 
+if [ "$template" = 1 ]; then
+    edit="Edit $CONFIG (device id, mqtt host, username, password_file)"
+else
+    edit="Edit $CONFIG if need be (mqtt host, username, password_file)"
+fi
+start="sv-enable telematics-agent"
+[ "$started" = 0 ] || start="sv restart telematics-agent"
 cat <<EOF
 
 Installed.  Still to do on the phone (docs/TERMUX.md):
@@ -175,8 +281,8 @@ Installed.  Still to do on the phone (docs/TERMUX.md):
   2. Allow Location for Termux:API, "Allow all the time" (run: termux-location once, and
      answer the permission request), and switch the phone's location on.
   3. Exempt Termux, Termux:API and Termux:Boot from battery optimisation.
-  4. Edit $CONFIG (mqtt host, username, password_file), then:
+  4. $edit, then:
        $AGENT check --config $CONFIG
-       sv restart telematics-agent
+       $start
   Logs: tail -f $PREFIX/var/log/sv/telematics-agent/current
 EOF

@@ -16,10 +16,12 @@ import os
 import stat
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from agent.config import parse_config
 from agent.power import (
     MAX_OUTPUT,
     UNKNOWN_BATTERY,
@@ -139,6 +141,28 @@ def test_plan_is_deterministic_and_custom_figures_apply() -> None:
     assert policy.plan(low(25), "moving").gps_interval_s == 6.0
     assert policy.plan(low(14), "stopped").gps_interval_s == 200.0
     assert policy.plan(CHARGING, "parked").gps_interval_s == 20.0
+
+
+def test_the_configured_imu_rate_is_the_full_rate_the_plan_scales() -> None:
+    """imu.rate_hz = 50 (20 ms): the plan never falls back to the policy's default 10 ms."""
+    cfg = parse_config(
+        {
+            "device": {"id": "p1"},
+            "gps": {"source": "termux"},
+            "imu": {"source": "termux", "rate_hz": 50},
+        },
+        {},
+    )
+    delay = max(1, round(1000 / cfg.imu.rate_hz))  # as agent.imu.sources opens termux-sensor
+    policy = cfg.gps.termux.options(imu_delay_ms=delay).policy
+    assert policy.plan(CHARGING, "moving").imu_delay_ms == 20
+    assert policy.plan(low(80), "moving").imu_delay_ms == 20
+    assert policy.plan(low(15), "moving").imu_delay_ms == 60  # low battery: x3
+    assert policy.plan(low(80, temp=50), "moving").imu_delay_ms == 60  # hot: x3
+    assert policy.plan(low(15, temp=50), "moving").imu_delay_ms == 180
+    # without it, the default 10 ms (the default 100 Hz); the GPS figures are the same
+    default = cfg.gps.termux.options().policy
+    assert default.imu_delay_ms == 10 and replace(default, imu_delay_ms=20) == policy
 
 
 @pytest.mark.parametrize(
@@ -363,3 +387,30 @@ def test_output_and_exit_code_of_a_normal_command(tmp_path: Path) -> None:
     assert result.code == 3
     assert "on stderr" in result.output and "é" in result.output
     assert os.path.basename(str(exe)) == "termux-location"
+
+
+def test_without_a_deadline_a_late_answer_is_waited_for(tmp_path: Path) -> None:
+    """timeout_s None (termux-location -r once): no kill however long it takes, only on cancel."""
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    body = (
+        "import os, time\n"
+        f"open({str(started)!r}, 'w').write(str(os.getpid()))\n"
+        f"while not os.path.exists({str(gate)!r}):\n"
+        "    time.sleep(0.005)\n"
+        "print('late')\n"
+    )
+    exe = write_exe(tmp_path, "termux-location", body)
+
+    async def main() -> None:
+        task = asyncio.create_task(run_termux_command([str(exe)], None))
+        deadline = time.monotonic() + 10
+        while not started.exists():
+            assert time.monotonic() < deadline, "the stand-in never started"
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        gate.touch()
+        async with asyncio.timeout(10):
+            result = await task
+        assert (result.code, result.output) == (0, "late\n")
+
+    asyncio.run(main())

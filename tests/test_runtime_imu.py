@@ -106,3 +106,27 @@ def test_a_phones_power_plan_drives_its_imu(tmp_path: Path) -> None:
         assert imu.paused is None and imu.delay_ms == low.imu_delay_ms
     finally:
         agent.outbox.close()
+
+
+def test_a_phones_plan_keeps_the_configured_imu_rate(tmp_path: Path) -> None:
+    """imu.rate_hz = 50 (-d 20): a plan change scales 20 ms, never the policy's default 10."""
+    cfg = parse_config(
+        {
+            "device": {"id": "phone-1"},
+            "gps": {"source": "termux"},
+            "imu": {"source": "termux", "rate_hz": 50},
+            "buffer": {"path": str(tmp_path / "o.sqlite")},
+            "clock": {"source": "system"},
+        },
+        {},
+    )
+    agent = Agent(cfg, gps_source(cfg.gps))
+    try:
+        gps, imu = agent.source, agent.imu_source
+        assert isinstance(gps, TermuxLocationSource) and isinstance(imu, TermuxSensorSource)
+        assert gps.on_plan is not None and imu.delay_ms == 20
+        low = gps.options.policy.plan(BatteryState(percent=15, powered=False), "moving")
+        gps.on_plan(low)
+        assert imu.delay_ms == 60  # 20 ms x 3 on a low battery
+    finally:
+        agent.outbox.close()

@@ -30,18 +30,35 @@ What termux-location really does (termux-api ``LocationAPI.java``,
   moving it dies with "JSON must have only one top-level value" after the
   first update (termux-packages issue 28626).  Respawning it would lose a
   fix per restart and still be limited to one per 5 s and 50 m.  So this
-  source *polls* ``-r once`` (``requestSingleUpdate``: the next fresh fix),
-  each poll bounded by ``fix_timeout_s`` because indoors it never answers.
+  source *polls* ``-r once`` (``requestSingleUpdate``: the next fresh fix).
   The poll interval comes from ``agent.power.PowerPolicy`` (1 s moving,
   slower when stopped, parked or on a low battery), fed by the fixes' speed
   and ``termux-battery-status``; it is measured start to start.
+- A ``-r once`` request is never abandoned, and never more than one is
+  outstanding.  In ``LocationAPI.java`` (termux/termux-api, read for this)
+  ``once`` is ``Looper.prepare(); manager.requestSingleUpdate(provider,
+  listener, null); Looper.loop();`` and only the listener's
+  ``onLocationChanged`` quits that looper: there is no timeout (unlike
+  ``updates``, which a second thread quits after 30 s), and
+  ``ResultReturner.returnData`` runs it on a ``new Thread`` of its own.
+  Killing the client does not reach the app: the request and its thread stay
+  until a fix comes, then find the socket closed.  So a poll kill-and-retried
+  every minute in a garage would leave hundreds of GPS requests and threads
+  open overnight, the GNSS searching all night.  Instead, at ``fix_timeout_s``
+  the source reports that it is waiting for a fix (``last_error`` "no
+  location for 60 s: ...", counted in ``timeouts``; status ``request``:
+  ``waiting for a fix`` and for how long) and goes on waiting on the same
+  client; it asks again only once that one answers.  The client is killed
+  only when the source stops (cancellation: the agent stopping).  While it
+  waits, the battery is still read and the plan still follows the ageing
+  motion state (a van parked in a garage turns its IMU off).
 - Failures it prints, told apart for status: no location permission gives
   ``{"error": "Please grant the following permission to use this command:
   android.permission.ACCESS_FINE_LOCATION"}`` (and the app asks the user);
   ``{"API_ERROR": "Failed to get location"}`` when there is none (``last``);
   the script prints "termux-location: Unsupported provider: ..." and exits 1;
   with the Termux:API app missing or stopped the command prints nothing and
-  hangs (the timeout) or exits with nothing (``empty``); a missing
+  hangs (past ``fix_timeout_s``) or exits with nothing (``empty``); a missing
   ``termux-location`` is the termux-api package not installed.
 - Android reports 0.0 for a speed, bearing, accuracy or altitude it does
   not have: bearing is only used when the speed is above zero, an accuracy
@@ -78,7 +95,8 @@ Rejected answers are counted by kind (``status()["parser"]``): ``stale``
 mock-location app, unless ``accept_mock``), ``repeated`` (the same fix
 again, or an older one: times stay strictly increasing), ``bad_value`` and
 ``no_position`` (missing or impossible coordinates), ``not_json``,
-``empty``, ``permission``, ``api_error``; poll ``timeouts`` are counted too.
+``empty``, ``permission``, ``api_error``; ``timeouts`` counts the polls
+that went past ``fix_timeout_s`` (each still waited on to its answer).
 """
 
 from __future__ import annotations
@@ -89,7 +107,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar, Literal
 
@@ -370,12 +388,13 @@ class TermuxLocationSource(GpsSource):
     """Poll ``termux-location -p <provider> -r once`` at the pace ``PowerPolicy`` sets.
 
     ``connected`` means Termux:API answers with locations; a missing
-    command, a refused permission, an error or a poll without an answer
-    (timeout) is a lost link with a reason in ``last_error``, and the next
-    poll waits at least the backoff (growing to ``backoff.max_s``), so that
-    a phone indoors does not pile up location requests in the app (each
-    unanswered ``-r once`` stays registered there until a fix comes).
-    ``mono`` and ``wall`` are injectable clocks for tests.
+    command, a refused permission or an error is a lost link with a reason
+    in ``last_error``, and the next poll waits at least the backoff (growing
+    to ``backoff.max_s``).  A poll without an answer after ``fix_timeout_s``
+    is a lost link too, but it is not retried: the one request stays
+    outstanding until it answers (the module docstring says why), and
+    status ``request`` says how long it has been waiting.  ``mono`` and
+    ``wall`` are injectable clocks for tests.
     """
 
     kind: ClassVar[str] = "termux"
@@ -408,6 +427,8 @@ class TermuxLocationSource(GpsSource):
         self._polls = 0
         self._timeouts = 0
         self._exit_codes: list[int] = []
+        self._request_since: float | None = None  # mono start of the outstanding request
+        self._overdue = False  # that request is past fix_timeout_s
         self._battery: BatteryState = UNKNOWN_BATTERY
         self._battery_at: float | None = None  # mono of the last good reading
         self._battery_tried: float | None = None
@@ -431,16 +452,38 @@ class TermuxLocationSource(GpsSource):
         """The sampling plan in force: GPS poll interval and what the IMU should do."""
         return self._plan
 
+    def use_imu_interval(self, delay_ms: int) -> None:
+        """Make ``delay_ms`` (the IMU's configured print interval) the plan's full IMU rate.
+
+        For a source whose policy was built without it
+        (``TermuxGpsConfig.options(imu_delay_ms=...)`` is the other way in):
+        the place that pairs the phone's IMU with this source (the runtime,
+        where it sets ``on_plan``) calls it, so that a plan change scales the
+        configured rate instead of replacing it by the policy's default.
+        The plan in force is recomputed (and handed to ``on_plan`` if it
+        changed).
+        """
+        policy = replace(self.options.policy, imu_delay_ms=max(1, int(delay_ms)))
+        self.options = replace(self.options, policy=policy)
+        self._replan()
+
     def _parser_stats(self) -> dict[str, int]:
         return {**self._locations.stats, "polls": self._polls, "timeouts": self._timeouts}
 
     def status(self) -> dict[str, Any]:
-        """Base status plus the plan, the battery, the motion state and the last reject."""
+        """Base status plus the request, plan, battery, motion state and last reject."""
         now = self._mono()
         out = super().status()
         out["provider"] = self.options.provider
         out["exit_codes"] = self._exit_codes[-5:]
         out["last_reject"] = self._locations.last_reject
+        since = self._request_since
+        out["request"] = {
+            "state": (
+                "idle" if since is None else "waiting for a fix" if self._overdue else "polling"
+            ),
+            "waiting_s": None if since is None else round(now - since, 1),
+        }
         out["plan"] = self._plan.as_dict()
         out["motion"] = {
             "state": self._motion.state(now),
@@ -463,20 +506,13 @@ class TermuxLocationSource(GpsSource):
             await self._refresh_battery(started)
             failed = False
             try:
-                result = await run_termux_command(self.argv, self.options.fix_timeout_s)
+                answer = await self._poll()
             except FileNotFoundError:
                 failed = self._fail(f"{self.options.executable} not found: {MISSING_HINT}")
-            except CommandTimeout:
-                self._timeouts += 1
-                failed = self._fail(
-                    f"no location within {self.options.fix_timeout_s:g} s: no GPS fix yet "
-                    "(indoors or under a roof, location switched off) or the Termux:API app "
-                    "does not answer"
-                )
             except OSError as exc:
                 failed = self._fail(f"cannot run {self.options.executable}: {describe(exc)}")
             else:
-                fix, failed = self._answer(result)
+                fix, failed = self._answer(*answer)
                 if fix is not None:
                     self._fixes += 1
                     self._motion.feed(fix.mono, fix.speed)
@@ -487,7 +523,52 @@ class TermuxLocationSource(GpsSource):
                 delay = max(delay, self._backoff.next())
             await asyncio.sleep(max(0.0, delay))
 
-    def _answer(self, result: CommandResult) -> tuple[Fix | None, bool]:
+    async def _poll(self) -> tuple[CommandResult, float, float]:
+        """One ``-r once``, waited on until it answers, however long; killed only on cancel.
+
+        Returns the answer with the monotonic and system times it was read
+        at.  Every ``fix_timeout_s`` without an answer the battery is read
+        and the plan follows the motion state; the first time, the wait is
+        reported (``_waiting``).  The client runs in a task of its own, so
+        that its answer is read and timed the moment it comes, even while
+        this is busy with the battery.
+        """
+        opts = self.options
+
+        async def run() -> tuple[CommandResult, float, float]:
+            result = await run_termux_command(self.argv, None)
+            return result, self._mono(), self._wall()
+
+        client = asyncio.create_task(run())
+        self._request_since = self._mono()
+        try:
+            while True:
+                done, _ = await asyncio.wait({client}, timeout=opts.fix_timeout_s)
+                if done:
+                    return client.result()
+                if not self._overdue:
+                    self._waiting()
+                self._replan()
+                await self._refresh_battery(self._mono())
+        finally:
+            self._request_since = None
+            self._overdue = False
+            if not client.done():  # cancelled: the agent stops; kill the client and reap it
+                client.cancel()
+                await asyncio.wait({client})
+            if client.done() and not client.cancelled():
+                client.exception()  # retrieved: an answer that raced the cancel is moot
+
+    def _waiting(self) -> None:
+        self._overdue = True
+        self._timeouts += 1
+        self._lost(
+            f"no location for {self.options.fix_timeout_s:.3g} s: indoors or under a roof, "
+            "location switched off, or the Termux:API app does not answer; still waiting "
+            "for this request's fix"
+        )
+
+    def _answer(self, result: CommandResult, mono: float, wall: float) -> tuple[Fix | None, bool]:
         """One finished poll: the fix, or ``None``; and whether it counts as a failure."""
         self._polls += 1
         self._bytes_read += len(result.output.encode())
@@ -495,7 +576,7 @@ class TermuxLocationSource(GpsSource):
             self._exit_codes.append(result.code)
             del self._exit_codes[:-20]
         try:
-            fix = self._locations.feed(result.output, self._mono(), self._wall())
+            fix = self._locations.feed(result.output, mono, wall)
         except LocationError as exc:
             if exc.kind in ANSWERED_KINDS:
                 self._answered()
@@ -531,12 +612,15 @@ class TermuxLocationSource(GpsSource):
         self._lost(reason)
         return True
 
+    def _plan_battery(self, now: float) -> BatteryState:
+        """The last battery reading, or unknown when there is none recent enough."""
+        if self._battery_at is None or now - self._battery_at > self.options.battery_max_age_s:
+            return UNKNOWN_BATTERY
+        return self._battery
+
     def _replan(self) -> Plan:
         now = self._mono()
-        battery = self._battery
-        if self._battery_at is None or now - self._battery_at > self.options.battery_max_age_s:
-            battery = UNKNOWN_BATTERY
-        plan = self.options.policy.plan(battery, self._motion.state(now))
+        plan = self.options.policy.plan(self._plan_battery(now), self._motion.state(now))
         if plan != self._plan:
             log.info(
                 "%s: polling every %g s, IMU %s (%s)",

@@ -329,9 +329,12 @@ class TermuxSensorSource(ImuSource):
         # The phone's power plan (agent.power, applied by follow_plan): paused means
         # no termux-sensor at all; a new -d restarts it.  Neither is a fault.
         self._paused: str | None = None
-        self._replanned = False
+        self._generation = 0  # follow_plan's changes; batches() re-reads the plan when it moves
+        self._signalled: asyncio.subprocess.Process | None = None  # ended by follow_plan
         self._wake = asyncio.Event()
         self._replans = 0
+        # idle | starting | running | exited (output ended) | retrying | paused | closed
+        self._state = "idle"
 
     @property
     def argv(self) -> list[str]:
@@ -348,7 +351,13 @@ class TermuxSensorSource(ImuSource):
         changes (agent.power): a parked phone on battery turns its sensors
         off.  A running ``termux-sensor`` is ended and, unless paused,
         started again with the new interval; the release (``-c``) runs as
-        for any stop.
+        for any stop.  Each change moves a generation counter that
+        ``batches()`` checks after every step that yields to the loop (the
+        release before a start, the start itself): a plan that changed
+        while no process was there to signal is never missed, and a process
+        started under the old plan is stopped at once.  Only a process
+        ended by this SIGTERM is a replan; one that failed on its own at
+        the same moment is a failure (backoff, ``last_error``).
         """
         delay_ms = max(1, int(delay_ms))
         paused = None if on else (reason or "paused by the power plan")
@@ -360,9 +369,10 @@ class TermuxSensorSource(ImuSource):
         self.delay_ms = delay_ms
         self._parser.period = delay_ms / 1000.0
         self._replans += 1
+        self._generation += 1
         proc = self._proc
         if proc is not None and proc.returncode is None:
-            self._replanned = True
+            self._signalled = proc
             _signal_group(proc.pid, signal.SIGTERM)  # its trap releases; _stop reaps it
         self._wake.set()
 
@@ -373,6 +383,7 @@ class TermuxSensorSource(ImuSource):
 
     def _source_status(self) -> dict[str, Any]:
         return {
+            "state": self._state,
             "paused": self._paused,
             "replans": self._replans,
             "print_rate_hz": round(1000.0 / self.delay_ms, 1),
@@ -389,18 +400,35 @@ class TermuxSensorSource(ImuSource):
             if self._paused is not None:
                 await self._sleep_while_paused()
                 continue
+            generation = self._generation
+            self._signalled = None
+            proc: asyncio.subprocess.Process | None = None
+            replanned = False  # it ended because follow_plan signalled it
             reason = "closed"
+            self._state = "starting"
             try:
                 if not self._released:  # a stale writer in the app would leave us silent
                     await self._cleanup()
                 if self.closed:
                     break
+                if generation != self._generation:
+                    continue  # the plan changed during the release: read it again
                 proc = await self._start()
                 if self.closed:
                     break
+                if generation != self._generation:
+                    # It changed while the process started (follow_plan saw none to
+                    # stop): stop this one, which the finally does, as a replan.
+                    replanned = True
+                    continue
+                self._state = "running"
                 async with contextlib.aclosing(self._read(proc)) as reader:
                     async for batch in reader:
                         yield batch
+                # Decided the moment its output ends: a SIGTERM sent after that (a
+                # plan arriving while it exits on its own) did not end it.
+                replanned = proc is self._signalled
+                self._state = "exited"
                 if self.closed:  # close() ended the process
                     break
                 reason = await self._exit_reason(proc)
@@ -412,25 +440,28 @@ class TermuxSensorSource(ImuSource):
             except OSError as exc:
                 reason = describe(exc)
             except _Stalled as exc:
+                replanned = proc is self._signalled
                 reason = str(exc)
             finally:
                 self._connected = False
                 try:
                     await self._stop()
                 finally:
-                    await self._cleanup()
+                    if not self._released:  # released already when nothing ran since
+                        await self._cleanup()
             if self.closed:
                 break
-            if self._replanned:  # ended on purpose by follow_plan: start again at once
-                self._replanned = False
+            if replanned:  # ended on purpose by follow_plan: start again at once
                 continue
             self._lost(reason)
+            self._state = "retrying"
             await self._wait_before_retry()
+        self._state = "closed"
 
     async def _sleep_while_paused(self) -> None:
         """Wait (sensors released) until the plan turns them on again or the source closes."""
         self._connected = False
-        self._replanned = False
+        self._state = "paused"
         while self._paused is not None and not self.closed:
             self._wake.clear()
             await self._wake.wait()  # follow_plan and close() set it

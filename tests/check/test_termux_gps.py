@@ -96,11 +96,18 @@ def test_location_permission_missing(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_no_fix_indoors_is_reported_by_the_deadline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stand_in(tmp_path, monkeypatch, "import time\ntime.sleep(3600)\n")
+    pid_file = tmp_path / "pid"
+    stand_in(
+        tmp_path,
+        monkeypatch,
+        f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(3600)\n",
+    )
     by = rows(timeout=2.0)
     nmea = by["gps.nmea"]
-    assert nmea.status == "fail" and "no location within" in nmea.detail
+    assert nmea.status == "fail" and "no location for 2 s: indoors" in nmea.detail
     assert "outdoors" in nmea.fix and nmea.data["timeouts"] == 1
+    # the check stops its source: the one request's client is killed (and reaped), not left
+    assert not Path(f"/proc/{int(pid_file.read_text())}").exists()
 
 
 def test_only_mocked_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

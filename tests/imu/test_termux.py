@@ -234,7 +234,15 @@ import os, signal, sys, time
 
 log = open(os.environ["FAKE_TERMUX_LOG"], "a", buffering=1)
 args = sys.argv[1:]
+
+def wait_for(gate):
+    # a slow Termux:API: the step ends only once the test creates this file
+    while gate and not os.path.exists(gate):
+        time.sleep(0.005)
+
 if args == ["-c"]:
+    log.write("cleanup-begin\\n")
+    wait_for(os.environ.get("FAKE_TERMUX_CLEANUP_GATE"))
     log.write("cleanup\\n")
     print("Sensor cleanup successful!")
     sys.exit(0)
@@ -243,7 +251,10 @@ log.write("start " + " ".join(args) + "\\n")
 def term(signum, frame):
     # the real script's trap: echo, then release the sensors itself
     log.write("term\\n")
-    print("Caught interrupt.. Finishing...", flush=True)
+    try:
+        print("Caught interrupt.. Finishing...", flush=True)
+    except OSError:  # its output is closed already
+        os._exit(0)
     sys.exit(0)
 
 signal.signal(signal.SIGTERM, term)
@@ -260,6 +271,11 @@ for i, piece in enumerate(pieces):
 if mode == "hang":
     while True:
         time.sleep(1)
+if mode == "close":  # the output ends (stdout and stderr: one pipe); the exit comes later
+    os.close(1)
+    os.close(2)
+    log.write("closed\\n")
+    wait_for(os.environ.get("FAKE_TERMUX_EXIT_GATE"))
 sys.exit(int(os.environ.get("FAKE_TERMUX_EXIT", "0")))
 """
 
@@ -281,6 +297,10 @@ class Fake:
         monkeypatch.setenv("FAKE_TERMUX_MODE", mode)
 
     def calls(self) -> list[str]:
+        """The log without the "-c began" notes (only the slow-release tests look at them)."""
+        return [x for x in self.all_calls() if x != "cleanup-begin"]
+
+    def all_calls(self) -> list[str]:
         return self.log.read_text().splitlines()
 
 
@@ -350,7 +370,10 @@ def test_exit_restarts_with_cleanup_each_time(
         src = TermuxSensorSource(sensors=["accelerometer"], delay_ms=20, backoff=fast_backoff())
         c = Consumer(src)
         await c.until(lambda: src.status()["reconnects"] >= 2, "two restarts")
-        started = lambda: sum(x.startswith("start") for x in fake.calls())  # noqa: E731
+
+        def started() -> int:
+            return sum(x.startswith("start") for x in fake.calls())
+
         await c.until(lambda: started() >= 3, "the third run to start")
         st = src.status()
         assert st["last_error"] == "termux-sensor exited with 0: Sensor cleanup successful!"
@@ -507,3 +530,143 @@ def test_power_plan_pauses_and_restarts_at_a_new_interval(
     asyncio.run(main())
     calls = fake.calls()
     assert calls.count("term") == 3 and calls[-1] == "cleanup"
+
+
+def test_a_pause_during_the_release_before_a_start_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan turns the IMU off while ``-c`` runs before the first start: it never starts.
+
+    The release before a start takes up to ``cleanup_timeout_s``; there is no process
+    for follow_plan to signal then.  The stand-in's ``-c`` waits for a file the test
+    creates only after the pause, so the pause falls in that window every time.
+    """
+    fake = Fake(tmp_path, monkeypatch, LSM, "hang")
+    gate = tmp_path / "release-done"
+    monkeypatch.setenv("FAKE_TERMUX_CLEANUP_GATE", str(gate))
+
+    def starts() -> list[str]:
+        return [x for x in fake.calls() if x.startswith("start")]
+
+    async def main() -> None:
+        src = TermuxSensorSource(delay_ms=10, stall_s=30, backoff=fast_backoff())
+        c = Consumer(src)
+        await c.until(lambda: "cleanup-begin" in fake.all_calls(), "the release to begin")
+        src.follow_plan(False, 10, "parked for 15 min on battery")
+        gate.touch()
+        await c.until(lambda: src.status().get("state") == "paused", "the source to pause")
+        assert fake.calls() == ["cleanup"] and starts() == []
+        st = src.status()
+        assert st["paused"] == "parked for 15 min on battery" and st["starts"] == 0
+        assert st["last_error"] is None and st["connected"] is False
+
+        src.follow_plan(True, 30)
+        await c.until(lambda: len(c.samples) == 10, "the readings once on again")
+        assert starts() == ["start -s accelerometer,gyroscope -d 30"]  # never at -d 10
+        await src.close()
+        await asyncio.wait_for(c.task, 10)
+
+    asyncio.run(main())
+    assert fake.calls()[-1] == "cleanup"
+
+
+def test_a_pause_while_the_process_starts_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan turns the IMU off while termux-sensor is being spawned: it is stopped at once.
+
+    A task polls at every turn of the event loop for the release before the start
+    to be counted; the next time it runs is while ``create_subprocess_exec`` awaits
+    its pipes: the process exists, ``follow_plan`` cannot see it yet.
+    """
+    fake = Fake(tmp_path, monkeypatch, LSM, "hang")
+
+    async def main() -> None:
+        src = TermuxSensorSource(delay_ms=10, stall_s=30, backoff=fast_backoff())
+        c = Consumer(src)
+        deadline = time.monotonic() + 15
+        while src.status()["cleanups"] < 1:
+            assert time.monotonic() < deadline, "no release before the start"
+            await asyncio.sleep(0)
+        assert src.status()["starts"] == 0  # still inside create_subprocess_exec
+        src.follow_plan(False, 10, "parked")
+        await c.until(lambda: src.status().get("state") == "paused", "the source to pause")
+        st = src.status()
+        assert st["starts"] == 1 and st["last_error"] is None and st["reconnects"] == 0
+        assert fake.calls()[-1] == "cleanup"  # stopped, then the sensors released
+        await src.close()
+        await asyncio.wait_for(c.task, 10)
+
+    asyncio.run(main())
+    assert released_after_each_start(fake)
+
+
+def released_after_each_start(fake: Fake) -> bool:
+    """At most the one start, and it was released after it."""
+    calls = fake.calls()
+    starts = [i for i, x in enumerate(calls) if x.startswith("start")]
+    return len(starts) <= 1 and all("cleanup" in calls[i + 1 :] for i in starts)
+
+
+def test_a_failure_as_the_plan_changes_is_still_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that ended on its own is a failure even if a new plan SIGTERMs it as it exits.
+
+    The stand-in prints its stream, closes its output and lingers before exiting
+    (until a file appears that the test never creates): its exit status is not in
+    yet when the new plan comes and signals it.  Its end was not the replan's
+    doing: it is reported (``last_error``) and retried after the backoff, at the
+    new interval.
+    """
+    fake = Fake(tmp_path, monkeypatch, LSM, "close")
+    monkeypatch.setenv("FAKE_TERMUX_EXIT_GATE", str(tmp_path / "never"))
+
+    def starts() -> list[str]:
+        return [x for x in fake.calls() if x.startswith("start")]
+
+    async def main() -> None:
+        src = TermuxSensorSource(delay_ms=10, stall_s=30, backoff=fast_backoff())
+        c = Consumer(src)
+        await c.until(lambda: src.status().get("state") == "exited", "the output to end")
+        assert src.status()["last_error"] is None
+        src.follow_plan(True, 30)
+        await c.until(lambda: len(starts()) == 2, "the restart")
+        st = src.status()
+        assert st["last_error"] is not None
+        assert st["last_error"].startswith("termux-sensor exited with "), st["last_error"]
+        assert st["replans"] == 1 and "term" in fake.calls()
+        assert starts()[-1] == "start -s accelerometer,gyroscope -d 30"
+        await src.close()
+        await asyncio.wait_for(c.task, 10)
+
+    asyncio.run(main())
+
+
+def test_a_replan_that_ends_a_running_process_is_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counterpart: a process the new plan SIGTERMs while it runs is restarted at once."""
+    fake = Fake(tmp_path, monkeypatch, LSM, "hang")
+
+    def starts() -> list[str]:
+        return [x for x in fake.calls() if x.startswith("start")]
+
+    async def main() -> None:
+        src = TermuxSensorSource(
+            delay_ms=10, stall_s=30, backoff=Backoff(min_s=30, max_s=30, rng=random.Random(3))
+        )
+        c = Consumer(src)
+        await c.until(lambda: len(c.samples) == 10, "10 samples")
+        src.follow_plan(True, 30)
+        # with the 30 s backoff of a failure this would time out
+        await c.until(
+            lambda: src.status()["starts"] == 2 and len(starts()) == 2, "the restart", timeout=10
+        )
+        st = src.status()
+        assert st["last_error"] is None and st["reconnects"] == 1
+        assert starts()[-1] == "start -s accelerometer,gyroscope -d 30"
+        await src.close()
+        await asyncio.wait_for(c.task, 10)
+
+    asyncio.run(main())
