@@ -9,6 +9,7 @@ agent would stamp records with whatever the clock says.
 
 from __future__ import annotations
 
+from agent.buffer.peek import human_age
 from agent.check.report import Row
 from agent.clock import ClockSource
 
@@ -21,17 +22,7 @@ def _offset_text(offset_s: float | None) -> str:
     if abs(offset_s) < _FAR_S:
         return f"; agrees with GNSS time ({offset_s:+.1f} s)"
     way = "ahead of" if offset_s > 0 else "behind"
-    return f"; {_duration(abs(offset_s))} {way} GNSS time"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 2 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
+    return f"; {human_age(abs(offset_s))} {way} GNSS time"
 
 
 def clock_row(source: ClockSource, synced: bool, offset_s: float | None) -> Row:

@@ -42,6 +42,7 @@ from agent.check.report import Row
 from agent.config import GpsConfig
 from agent.gps.fix import Fix, FixMode
 from agent.gps.nmea import MAX_LINE, Dropped, NmeaParser, parse_line
+from agent.gps.source_base import GpsSource
 
 #: Order in which other baud rates are tried when bytes arrive but are not NMEA:
 #: the common receiver speeds first.
@@ -500,6 +501,40 @@ def _file(cfg: GpsConfig) -> list[Row]:
     return [opened, nmea, fix_row(sniffer.fixes, 0.0)]
 
 
+async def _watch(
+    src: GpsSource,
+    deadline: float,
+    enough: Callable[[dict[str, Any], list[Fix], float], bool],
+) -> tuple[dict[str, Any], list[Fix], float]:
+    """Run a source until it fails, ``enough(status, fixes, waited)``, or the deadline.
+
+    Returns its last status, the fixes it gave and the seconds waited; the
+    source is stopped (its client cancelled) before returning.
+    """
+    fixes: list[Fix] = []
+
+    async def collect() -> None:
+        async for fix in src.fixes():
+            fixes.append(fix)
+
+    start = time.monotonic()
+    task = asyncio.create_task(collect())
+    try:
+        while time.monotonic() < deadline and not task.done():
+            st = src.status()
+            if st["last_error"] and not st["connected"]:
+                break
+            if enough(st, fixes, time.monotonic() - start):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        status = src.status()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    return status, fixes, time.monotonic() - start
+
+
 async def _gpsd(cfg: GpsConfig, deadline: float, window: float) -> list[Row]:
     from agent.gps.gpsd_source import GpsdSource
 
@@ -511,30 +546,13 @@ async def _gpsd(cfg: GpsConfig, deadline: float, window: float) -> list[Row]:
         connect_timeout=max(0.5, min(5.0, deadline - time.monotonic())),
         backoff=Backoff(min_s=60.0, max_s=60.0),
     )
-    fixes: list[Fix] = []
 
-    async def collect() -> None:
-        async for fix in src.fixes():
-            fixes.append(fix)
+    def enough(st: dict[str, Any], fixes: list[Fix], waited: float) -> bool:
+        if sum(1 for f in fixes if f.has_position) >= _FIXES_WANTED:
+            return True
+        return waited > window and not st["devices"] and not fixes
 
-    start = time.monotonic()
-    task = asyncio.create_task(collect())
-    try:
-        while time.monotonic() < deadline:
-            st = src.status()
-            if st["last_error"] and not st["connected"]:
-                break
-            if sum(1 for f in fixes if f.has_position) >= _FIXES_WANTED:
-                break
-            if time.monotonic() - start > window and not st["devices"] and not fixes:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        status = src.status()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    waited = time.monotonic() - start
+    status, fixes, waited = await _watch(src, deadline, enough)
     if not status["connected"] and not fixes and status["last_error"]:
         reason = str(status["last_error"])
         exc: BaseException = OSError(reason)
@@ -651,28 +669,12 @@ async def _termux(cfg: GpsConfig, deadline: float) -> list[Row]:
         time_floor=cfg.rollover_floor,
         backoff=Backoff(min_s=60.0, max_s=60.0),  # the first failure is the answer
     )
-    fixes: list[Fix] = []
 
-    async def collect() -> None:
-        async for fix in src.fixes():
-            fixes.append(fix)
+    def enough(st: dict[str, Any], fixes: list[Fix], waited: float) -> bool:
+        return any(f.has_position for f in fixes) or st["parser"]["answers"] >= 3
 
-    start = time.monotonic()
-    task = asyncio.create_task(collect())
-    try:
-        while time.monotonic() < deadline and not task.done():
-            st = src.status()
-            if st["last_error"] and not st["connected"]:
-                break
-            if any(f.has_position for f in fixes) or st["parser"]["answers"] >= 3:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        status = src.status()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return termux_rows(status, fixes, exe, time.monotonic() - start)
+    status, fixes, waited = await _watch(src, deadline, enough)
+    return termux_rows(status, fixes, exe, waited)
 
 
 def probe_gps(cfg: GpsConfig, deadline: float, *, window: float = NMEA_WINDOW_S) -> list[Row]:
