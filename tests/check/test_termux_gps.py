@@ -18,21 +18,10 @@ import pytest
 from agent.check.gps import probe_gps
 from agent.check.report import Row
 from agent.config import GpsConfig
+from tests.support.termux_api import answer
 
-FIX = """{
-  "latitude": 52.3731339,
-  "longitude": 4.8924534,
-  "altitude": 43.5,
-  "accuracy": 3.7899999618530273,
-  "vertical_accuracy": 1.899999976158142,
-  "bearing": 271.29998779296875,
-  "speed": 13.40999984741211,
-  "elapsedMs": 12,
-  "provider": "gps",
-  "mocked": false
-}
-"""
-MOCKED = FIX.replace('"mocked": false', '"mocked": true')
+FIX = answer()
+MOCKED = answer(mocked=True)
 PERMISSION = (
     '{\n  "error": "Please grant the following permission to use this command: '
     'android.permission.ACCESS_FINE_LOCATION"\n}\n'

@@ -18,6 +18,7 @@ shellcheck lints the scripts where installed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import select
@@ -36,6 +37,7 @@ import pytest
 
 from agent.config import load_config
 from simulators.broker import free_port
+from tests.support.termux_api import answer
 from tests.support.tools import need_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,19 +53,8 @@ REAL_AGENT = Path(sys.executable).parent / "telematics-agent"
 PY_MINOR = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 # What termux-location prints (format of termux-api LocationAPI.locationToJson; see
-# tests/gps/test_termux_source.py) and termux-battery-status (BatteryStatusAPI.java).
-FIX = {
-    "latitude": 52.3731339,
-    "longitude": 4.8924534,
-    "altitude": 43.5,
-    "accuracy": 3.7899999618530273,
-    "vertical_accuracy": 1.899999976158142,
-    "bearing": 271.29998779296875,
-    "speed": 13.40999984741211,
-    "elapsedMs": 12,
-    "provider": "gps",
-    "mocked": False,
-}
+# tests/support/termux_api.py) and termux-battery-status (BatteryStatusAPI.java).
+FIX = json.loads(answer())
 BATTERY = {"health": "GOOD", "percentage": 64, "plugged": "PLUGGED_USB", "status": "CHARGING"}
 
 
