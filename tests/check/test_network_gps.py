@@ -17,6 +17,7 @@ from agent.config import load_config
 from simulators.broker import free_port, wait_for
 from simulators.stack import command, stop_group
 from tests.check.conftest import Setup, _sim, _stop
+from tests.support.tools import must_not_skip
 
 
 def gps_rows(setup: Setup, timeout: float = 10.0) -> dict[str, Row]:
@@ -61,7 +62,10 @@ def gpsd(tmp_path: Path) -> Iterator[int]:
     """A real gpsd (read-only, -b) reading the GPS simulator's pty; its port."""
     exe = shutil.which("gpsd") or "/usr/sbin/gpsd"
     if not os.path.exists(exe):
-        pytest.skip("gpsd not installed (apt-get install gpsd)")
+        why = "gpsd not installed (Debian package gpsd; scripts/ensure-deps.sh installs it)"
+        if must_not_skip():
+            pytest.fail(why)
+        pytest.skip(why)
     sim, pty = _sim(["gps", "--scenario", "urban_delivery", "--pty", "--loop"], tmp_path / "s.log")
     port = free_port()
     sockdir = tempfile.mkdtemp(prefix="gpsd-")  # the control socket path must be short
