@@ -28,7 +28,7 @@ from agent.backoff import Backoff
 from agent.buffer.peek import read_state
 from agent.check.report import Row, Status
 from agent.config import ImuConfig
-from agent.imu.i2c import I2cBus, I2cImuSource, ImuSettings
+from agent.imu.i2c import I2cBus, I2cImuSource
 from agent.imu.source_base import ImuSource
 
 SAMPLE_S = 2.5  # long enough for the health monitor's rate verdict (20 intervals at 50 Hz)
@@ -242,24 +242,13 @@ def probe_imu(
         node = f"/dev/i2c-{cfg.i2c_bus}"
         if bus_factory is None and not os.path.exists(node):
             return [*no_bus_rows(cfg.i2c_bus), mounting]
-        source = I2cImuSource(
-            bus=cfg.i2c_bus,
-            address=cfg.i2c_address,
-            chip=cfg.chip,
-            settings=ImuSettings(
-                rate_hz=float(cfg.rate_hz),
-                accel_range_g=cfg.accel_range_g,
-                gyro_range_dps=cfg.gyro_range_dps,
-            ),
-            bus_factory=bus_factory,
-            backoff=_NO_RETRY,
-        )
+        source = I2cImuSource.from_config(cfg, bus_factory=bus_factory, backoff=_NO_RETRY)
     else:
         from agent.imu.termux import TermuxSensorSource
 
         if shutil.which("termux-sensor") is None:
             return [*termux_missing_rows(), mounting]
-        source = TermuxSensorSource(delay_ms=max(1, round(1000 / cfg.rate_hz)), backoff=_NO_RETRY)
+        source = TermuxSensorSource.from_config(cfg, backoff=_NO_RETRY)
     status, waited = asyncio.run(_sample(source, deadline))
     if not status["samples"] and status["last_error"]:
         error = str(status["last_error"])

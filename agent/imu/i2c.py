@@ -433,7 +433,13 @@ class I2cImuSource(ImuSource):
         self._past: Counter[str] = Counter()  # counters of finished connections
 
     @classmethod
-    def from_config(cls, cfg: ImuConfig) -> I2cImuSource:
+    def from_config(
+        cls,
+        cfg: ImuConfig,
+        *,
+        bus_factory: Callable[[], I2cBus] | None = None,
+        backoff: Backoff | None = None,
+    ) -> I2cImuSource:
         """The source the ``[imu]`` section describes (``source = "i2c"``)."""
         return cls(
             bus=cfg.i2c_bus,
@@ -444,6 +450,8 @@ class I2cImuSource(ImuSource):
                 accel_range_g=cfg.accel_range_g,
                 gyro_range_dps=cfg.gyro_range_dps,
             ),
+            bus_factory=bus_factory,
+            backoff=backoff,
         )
 
     def _health_config(self, driver: ChipDriver | None) -> HealthConfig:

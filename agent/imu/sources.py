@@ -10,7 +10,7 @@ def open_imu_source(cfg: ImuConfig) -> ImuSource:
     if cfg.source == "termux":
         from agent.imu.termux import TermuxSensorSource
 
-        return TermuxSensorSource(delay_ms=max(1, round(1000 / cfg.rate_hz)))
+        return TermuxSensorSource.from_config(cfg)
     if cfg.source == "i2c":
         from agent.imu.i2c import I2cImuSource
 

@@ -58,12 +58,15 @@ import subprocess
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.backoff import Backoff
 from agent.imu.health import HealthConfig, HealthMonitor
 from agent.imu.sample import ImuSample
 from agent.imu.source_base import ImuSource, describe
+
+if TYPE_CHECKING:
+    from agent.config import ImuConfig
 
 log = logging.getLogger(__name__)
 
@@ -335,6 +338,11 @@ class TermuxSensorSource(ImuSource):
         self._replans = 0
         # idle | starting | running | exited (output ended) | retrying | paused | closed
         self._state = "idle"
+
+    @classmethod
+    def from_config(cls, cfg: ImuConfig, *, backoff: Backoff | None = None) -> TermuxSensorSource:
+        """The source the ``[imu]`` section describes: ``-d`` from ``imu.rate_hz``."""
+        return cls(delay_ms=max(1, round(1000 / cfg.rate_hz)), backoff=backoff)
 
     @property
     def argv(self) -> list[str]:
