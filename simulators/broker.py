@@ -36,6 +36,19 @@ def _accepts(port: int) -> bool:
         return False
 
 
+def password_file(path: Path, users: dict[str, str]) -> Path:
+    """A mosquitto password file (hashed by ``mosquitto_passwd``) for ``users``."""
+    for n, (user, password) in enumerate(users.items()):
+        args = ["-c"] if n == 0 else []
+        subprocess.run(
+            ["mosquitto_passwd", *args, "-b", str(path), user, password],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+    return path
+
+
 class Mosquitto:
     """mosquitto with persistence in ``workdir`` so sessions survive a restart."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from simulators.broker import Mosquitto, free_port
+from simulators.broker import Mosquitto, free_port, password_file
 from simulators.stack import command
 from tests.support.pki import CertKey, Pki
 
@@ -57,12 +57,7 @@ class TlsBroker(Mosquitto):
         super().__init__(workdir)
         self.other_port = free_port()
         self.mtls_port = free_port()
-        passwd = workdir / "passwd"
-        subprocess.run(
-            ["mosquitto_passwd", "-c", "-b", str(passwd), DEVICE, PASSWORD],
-            check=True,
-            capture_output=True,
-        )
+        passwd = password_file(workdir / "passwd", {DEVICE: PASSWORD})
         c = certs
         self.conf.write_text(
             f"user {getpass.getuser()}\n"

@@ -18,7 +18,6 @@ import getpass
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from agent.buffer.outbox import Outbox
 from agent.compact import parse_batch
 from agent.config import MqttConfig, TlsConfig
-from simulators.broker import Mosquitto, free_port
+from simulators.broker import Mosquitto, free_port, password_file
 from tests.support.pki import CertKey, Pki
 from tests.support.uplinks import run_uplink
 from tests.support.waiting import until
@@ -529,18 +528,8 @@ def test_agent_uplink_with_its_certificate(
 
 def test_username_password_alternative(certs: Certs, tmp_path: Path) -> None:
     """The example's commented-out password listener: TLS verified, same ACL, no certificate."""
-    passwd = tmp_path / "passwd"
-    subprocess.run(
-        ["mosquitto_passwd", "-c", "-b", str(passwd), "van-2", "s3cret-van-2"],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    subprocess.run(
-        ["mosquitto_passwd", "-b", str(passwd), "bridge", "s3cret-bridge"],
-        check=True,
-        capture_output=True,
-        timeout=30,
+    passwd = password_file(
+        tmp_path / "passwd", {"van-2": "s3cret-van-2", "bridge": "s3cret-bridge"}
     )
     broker = ExampleBroker(tmp_path / "broker", certs.pki, certs.server, passwd)
     assert broker.password_port is not None

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from agent.status import observe
-from simulators.broker import Mosquitto, wait_for
+from simulators.broker import Mosquitto, password_file, wait_for
 from simulators.stack import Stack, command
 
 pytestmark = pytest.mark.slow
@@ -165,12 +165,7 @@ class PasswordBroker(Mosquitto):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
-        passwd = workdir / "passwd"
-        subprocess.run(
-            ["mosquitto_passwd", "-c", "-b", str(passwd), "van-1", PASSWORD],
-            check=True,
-            capture_output=True,
-        )
+        passwd = password_file(workdir / "passwd", {"van-1": PASSWORD})
         self.conf.write_text(
             f"user {getpass.getuser()}\n"
             "per_listener_settings false\n"
